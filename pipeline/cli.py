@@ -47,6 +47,67 @@ def _run_ingest(args: argparse.Namespace) -> int:
 # --- end config + train -------------------------------------------------------
 
 # --- evaluate (owner: evaluate) -----------------------------------------------
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "evaluate",
+        help="score a model against its baseline (STSb, NLI triplets, held-out retrieval) and write a report",
+        description="Score MODEL_DIR and a baseline on the STS benchmark, NLI triplets and the held-out pairs of a"
+        " corpus; write report.json, report.md, metrics.png and heatmap.png to --out.",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="the trained model folder")
+    parser.add_argument(
+        "--baseline",
+        metavar="MODEL_DIR",
+        help="the model to compare with (default: base_model of MODEL_DIR/train_config.json, else the packaged model)",
+    )
+    parser.add_argument("--corpus", metavar="CORPUS_DIR", help="a built corpus: retrieval on each dataset's heldout/ split")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets of --corpus")
+    parser.add_argument("--stsb", nargs="+", default=[], metavar="FILE", help="original STSb files, e.g. sts-dev.csv")
+    parser.add_argument(
+        "--nli",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="NLI inputs: SNLI/MultiNLI .jsonl, a SentEval folder or s1.* file, or a corpus dataset folder of triplets",
+    )
+    parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="the report folder")
+    parser.add_argument("--max-heldout", type=int, default=10_000, metavar="N",
+                        help="read at most N held-out rows per dataset, the first in shard order (0: all; default 10000)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", help="cpu, cuda... (default: a GPU when one is visible)")
+    parser.add_argument("--heatmap-pairs", type=int, default=8, metavar="N", help="held-out pairs in heatmap.png")
+    parser.add_argument("--tolerance", type=float, default=0.01,
+                        help="a metric dropping by more than this makes the verdict 'worse' (default 0.01)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import EvalConfig, evaluate_model
+
+    config = EvalConfig(
+        stsb=tuple(args.stsb),
+        nli=tuple(args.nli),
+        corpus=args.corpus,
+        datasets=tuple(args.datasets) if args.datasets else None,
+        max_heldout_rows=args.max_heldout or None,
+        batch_size=args.batch_size,
+        device=args.device,
+        heatmap_pairs=args.heatmap_pairs,
+        regression_tolerance=args.tolerance,
+        show_progress=not args.no_progress,
+    )
+    report = evaluate_model(args.model_dir, args.baseline, config, args.out)
+    width = max((len(row["name"]) for row in report["metrics"]), default=6)
+    print(f"{'metric':<{width}}  {'model':>8}  {'baseline':>8}  {'delta':>8}")
+    for row in report["metrics"]:
+        values = [f"{v:>8.4f}" if v is not None else f"{'n/a':>8}" for v in (row["model"], row["baseline"])]
+        delta = f"{row['delta']:>+8.4f}" if row["delta"] is not None else f"{'n/a':>8}"
+        print(f"{row['name']:<{width}}  {values[0]}  {values[1]}  {delta}")
+    print(f"verdict: {report['summary']['verdict']} (baseline: {report['baseline']['path']}); report in {args.out}")
+    return 0
+
+
 # --- end evaluate -------------------------------------------------------------
 
 # --- run + verify (owner: flows) ----------------------------------------------
@@ -54,6 +115,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_ingest,
+    _add_evaluate,
     # registered subcommands (keep one line each)
 ]
 

@@ -1,0 +1,79 @@
+"""Prefect artifacts and configs for the flows: manifests in, tables and progress out.
+
+In: stage manifests (``manifest.json`` dicts), config overrides (plain JSON dicts, as
+deployment parameters carry them). Out: table artifacts (rows kept and dropped by
+reason, one row per dataset), a progress artifact, and the library's frozen config
+dataclasses built from the overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence, TypeVar
+
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+
+ConfigT = TypeVar("ConfigT")
+
+
+def build_config(config_class: type[ConfigT], overrides: Mapping[str, Any] | None) -> ConfigT:
+    """A library config from JSON overrides (lists become tuples, unknown keys are an error).
+
+    Raises:
+        ValueError: an override names no field of ``config_class``.
+    """
+    overrides = dict(overrides or {})
+    known = {f.name for f in dataclasses.fields(config_class)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown {config_class.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+    return config_class(**values)
+
+
+def manifest_rows(manifests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One table row per manifest: dataset, rows read/kept/train/held out, then one column per drop reason."""
+    reasons = sorted({reason for m in manifests for reason in (m.get("dropped") or {})})
+    rows = []
+    for manifest in sorted(manifests, key=lambda m: str(m.get("dataset"))):
+        dropped = manifest.get("dropped") or {}
+        row: dict[str, Any] = {
+            "dataset": manifest.get("dataset"),
+            "stage": manifest.get("stage"),
+            "rows_read": manifest.get("rows_read"),
+            "rows_kept": manifest.get("rows_kept"),
+            "rows_train": manifest.get("rows_train"),
+            "rows_heldout": manifest.get("rows_heldout"),
+            "failures": len(manifest.get("failures") or []),
+        }
+        row.update({f"dropped: {reason}": int(dropped.get(reason, 0)) for reason in reasons})
+        rows.append(row)
+    return rows
+
+
+def publish_stage_table(stage: str, manifests: Sequence[Mapping[str, Any]], description: str) -> None:
+    """A table artifact ``pairforge-<stage>`` of the stage's manifests (kept and dropped by reason)."""
+    create_table_artifact(
+        key=f"pairforge-{stage}",
+        table=manifest_rows(manifests),
+        description=description,
+    )
+
+
+class Progress:
+    """A progress artifact advanced stage by stage (percent of the stages finished)."""
+
+    def __init__(self, stages: Sequence[str], key: str = "pairforge-progress") -> None:
+        self.stages = list(stages)
+        self.done = 0
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key=key, description=f"stages: {', '.join(self.stages)}"
+        )
+
+    def advance(self, stage: str) -> None:
+        """Mark ``stage`` finished."""
+        self.done += 1
+        percent = 100.0 * self.done / max(len(self.stages), 1)
+        update_progress_artifact(
+            artifact_id=self.artifact_id, progress=percent, description=f"finished {stage} ({self.done}/{len(self.stages)})"
+        )

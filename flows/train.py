@@ -1,0 +1,64 @@
+"""The ``pairforge-train`` flow: a corpus and its data_config.json in, a trained model out.
+
+In: a corpus folder, its data_config.json, a model folder and TrainConfig overrides
+(a JSON dict, as deployment parameters carry them). Out: the model folder written by
+:func:`pipeline.train.train_model` (skipped when its train_config.json matches), a
+table artifact of the datasets trained on, and the training summary as the flow's
+return value.
+
+Its own deployment (deploy/prefect.yaml) runs it on the GPU pools; the parent flow
+calls it in-process when no deployment is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows.artifacts import build_config
+
+# A run on the full corpus takes hours; two days is a hung run, not a slow one.
+TRAIN_TIMEOUT_S = 48 * 3600
+
+
+@flow(name="pairforge-train", timeout_seconds=TRAIN_TIMEOUT_S, log_prints=True)
+def train(
+    corpus_dir: str,
+    data_config: str,
+    model_dir: str,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train a sentence-embedding model on the weighted datasets of ``data_config``.
+
+    Args:
+        corpus_dir: the corpus root.
+        data_config: the data_config.json naming datasets of the corpus.
+        model_dir: the model folder to write (resumes from its checkpoints).
+        options: :class:`pipeline.train.TrainConfig` overrides, e.g. ``{"max_steps": 20}``.
+
+    Returns:
+        The summary of :func:`pipeline.train.train_model` (steps, losses, datasets...).
+    """
+    from pipeline.train import TrainConfig, train_model
+
+    logger = get_run_logger()
+    config = build_config(TrainConfig, options)
+    logger.info("training %s on %s (%s) into %s", config.model or "the default model", corpus_dir, data_config, model_dir)
+    summary = train_model(Path(corpus_dir), Path(data_config), Path(model_dir), config)
+    if summary.get("skipped"):
+        logger.info("model in %s is up to date (config hash %s): not retrained", model_dir, summary["config_hash"][:12])
+    else:
+        logger.info("trained %d steps, loss %s -> %s", summary["steps"], summary.get("loss_first"), summary.get("loss_last"))
+    create_table_artifact(
+        key="pairforge-train",
+        table=[
+            {"dataset": name, "lines": entry["lines"], "weight": entry["weight"]}
+            for name, entry in sorted(summary.get("datasets", {}).items())
+        ],
+        description=f"trained {summary['steps']} steps into `{model_dir}`"
+        + (" (up to date, skipped)" if summary.get("skipped") else ""),
+    )
+    return summary

@@ -1,0 +1,117 @@
+"""Exact and near-duplicate removal that scales past memory.
+
+In: row hashes (two 64-bit halves of a 128-bit key) in row order, or texts for
+MinHash. Out: a boolean mask, True for the rows to keep (the first occurrence of
+each key, in row order).
+
+Exact dedup never holds texts: each row's key is hashed, the hashes are split into
+``n_buckets`` partitions by their high bits and spilled to disk, and each partition is
+deduplicated on its own (a sort), so memory is bounded by the largest partition and
+the partitions can be processed anywhere, in any order, with the same result.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+_ROW_DTYPE = np.dtype([("h1", "<u8"), ("h2", "<u8"), ("row", "<i8")])
+
+
+class ExactDeduplicator:
+    """Collect row hashes batch by batch, then compute which rows are first occurrences.
+
+    Args:
+        n_buckets: hash partitions spilled to disk (a power of two).
+        work_dir: where the partitions are written (a temporary folder by default).
+    """
+
+    def __init__(self, n_buckets: int = 64, work_dir: str | Path | None = None) -> None:
+        if n_buckets < 1 or n_buckets & (n_buckets - 1):
+            raise ValueError(f"n_buckets must be a power of two, got {n_buckets}")
+        self.n_buckets = n_buckets
+        self._tmp = tempfile.TemporaryDirectory(prefix="pairforge-dedup-", dir=work_dir)
+        self._dir = Path(self._tmp.name)
+        self._files = [open(self._dir / f"bucket-{b:04d}.bin", "wb") for b in range(n_buckets)]
+        self.rows = 0
+        self._shift = 64 - max(n_buckets.bit_length() - 1, 0)
+
+    def add(self, h1: np.ndarray, h2: np.ndarray) -> None:
+        """Add the hashes of the next rows, in row order."""
+        n = len(h1)
+        records = np.empty(n, dtype=_ROW_DTYPE)
+        records["h1"] = h1
+        records["h2"] = h2
+        records["row"] = np.arange(self.rows, self.rows + n, dtype=np.int64)
+        self.rows += n
+        if self.n_buckets == 1:
+            records.tofile(self._files[0])
+            return
+        bucket = (records["h1"] >> np.uint64(self._shift)).astype(np.int64)
+        order = np.argsort(bucket, kind="stable")
+        bucket_sorted = bucket[order]
+        bounds = np.searchsorted(bucket_sorted, np.arange(self.n_buckets + 1))
+        for b in range(self.n_buckets):
+            lo, hi = bounds[b], bounds[b + 1]
+            if hi > lo:
+                records[order[lo:hi]].tofile(self._files[b])
+
+    def keep_mask(self) -> np.ndarray:
+        """True for the first row of each distinct hash, in the order rows were added."""
+        for handle in self._files:
+            handle.close()
+        keep = np.zeros(self.rows, dtype=bool)
+        for bucket in range(self.n_buckets):
+            keep[first_occurrences(np.fromfile(self._dir / f"bucket-{bucket:04d}.bin", dtype=_ROW_DTYPE))] = True
+        self._tmp.cleanup()
+        return keep
+
+
+def first_occurrences(records: np.ndarray) -> np.ndarray:
+    """Row numbers of the first occurrence of each (h1, h2) in one partition."""
+    if len(records) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((records["row"], records["h2"], records["h1"]))
+    ranked = records[order]
+    new_key = np.ones(len(ranked), dtype=bool)
+    new_key[1:] = (ranked["h1"][1:] != ranked["h1"][:-1]) | (ranked["h2"][1:] != ranked["h2"][:-1])
+    return ranked["row"][new_key]
+
+
+class NearDuplicateFilter:
+    """Drop texts with an earlier text of estimated Jaccard similarity >= ``threshold``.
+
+    Character ``shingle``-grams, MinHash with ``num_perm`` permutations and LSH
+    (datasketch); deterministic for a fixed seed. Holds one signature per kept text,
+    so it is an option for corpora whose signatures fit in memory.
+    """
+
+    def __init__(self, threshold: float = 0.9, num_perm: int = 64, shingle: int = 5, seed: int = 1) -> None:
+        from datasketch import MinHashLSH
+
+        self.threshold = threshold
+        self.num_perm = num_perm
+        self.shingle = shingle
+        self.seed = seed
+        self._index = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._seen = 0
+
+    def keep(self, texts: Sequence[str]) -> np.ndarray:
+        """True for each text to keep, in order; kept texts join the index."""
+        from datasketch import MinHash
+
+        mask = np.ones(len(texts), dtype=bool)
+        for position, text in enumerate(texts):
+            signature = MinHash(num_perm=self.num_perm, seed=self.seed)
+            size = self.shingle
+            grams = {text[i : i + size] for i in range(max(len(text) - size + 1, 1))}
+            signature.update_batch([g.encode("utf-8") for g in grams])
+            if self._index.query(signature):
+                mask[position] = False
+                continue
+            self._index.insert(str(self._seen), signature)
+            self._seen += 1
+        return mask

@@ -1,0 +1,483 @@
+"""Generic file formats, kept apart from what a source makes of a row.
+
+In: a path to a ``.jsonl``/``.json`` file (plain, ``.gz`` or ``.zst`` with the 2 GiB
+zstd window of Pushshift dumps), a TSV/CSV file, or a plain text file. Out: polars
+DataFrames of raw rows with a ``_line`` column (1-based line number in the
+decompressed file), and, through :class:`ReadContext`, every unreadable row
+counted under a reason and quarantined with its file, line and first bytes.
+
+JSON lines go through a fast path (pyarrow's multi-threaded JSON reader on chunks of
+about 16 MiB, with a strict schema) and fall back to a line-by-line parse of the
+chunk only when that chunk holds a bad line, so clean files pay nothing for the
+checks that bad files need.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from pipeline.shards import DropTally
+
+ZSTD_MAX_WINDOW = 2**31
+DEFAULT_CHUNK_BYTES = 16 << 20
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+QUARANTINE_HEAD_BYTES = 200
+_BOM = b"\xef\xbb\xbf"
+
+
+class InputFileError(Exception):
+    """An input file that cannot be read to its end (truncated or corrupt archive).
+
+    The message names the file and where it broke; rows read before the break are kept.
+    """
+
+
+@dataclass
+class ReadContext:
+    """What a reader needs besides the path: the file's name and index, and tallies.
+
+    Attributes:
+        path: the input file.
+        display_name: the name recorded in provenance and quarantine (the path as given).
+        file_index: the file's position among the inputs (for a stable global order).
+        max_line_bytes: longer lines are dropped as ``line_too_long`` without parsing.
+        chunk_bytes: how much decompressed text one batch holds.
+        bad_rows: rows that could not be read, by reason.
+        quarantine: ``{file, line, reason, head}`` records of those rows.
+    """
+
+    path: Path
+    display_name: str
+    file_index: int = 0
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    bad_rows: DropTally = field(default_factory=DropTally)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    lines_seen: int = 0
+
+    def reject(self, line: int, reason: str, raw: bytes | str = b"") -> None:
+        """Count an unreadable row under ``reason`` and quarantine it."""
+        self.bad_rows.add(reason)
+        head = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+        self.quarantine.append(
+            {
+                "file": self.display_name,
+                "line": line,
+                "reason": reason,
+                "head": head[:QUARANTINE_HEAD_BYTES].decode("utf-8", "backslashreplace"),
+            }
+        )
+
+
+def open_decompressed(path: Path) -> BinaryIO:
+    """Open ``path`` for binary reading, decompressing ``.gz`` and ``.zst`` on the fly.
+
+    A truncated or corrupt archive raises :class:`InputFileError` naming the file and
+    how far it was read.
+    """
+    name = path.name.lower()
+    if name.endswith((".zst", ".zstd")):
+        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 20)
+    if name.endswith(".gz"):
+        return io.BufferedReader(_GzipChecked(path), buffer_size=1 << 20)
+    return open(path, "rb")
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Decompress every frame of a zstd file; a stream that stops inside a frame is an error.
+
+    python-zstandard's stream reader reports a clean end when the input stops in the
+    middle of a frame, so a dump cut short would pass for a whole one; this reader
+    checks that the last frame finished.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import zstandard
+
+        self._zstd = zstandard
+        self._path = path
+        self._raw = open(path, "rb")
+        self._size = os.path.getsize(path)
+        self._decompressor = self._new_decompressor()
+        self._buffer = b""
+        self._out = 0
+        self._done = False
+
+    def _new_decompressor(self) -> Any:
+        return self._zstd.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._buffer and not self._done:
+            self._fill()
+        n = min(len(buffer), len(self._buffer))
+        buffer[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        self._out += n
+        return n
+
+    def _fill(self) -> None:
+        compressed = self._raw.read(1 << 20)
+        if not compressed:
+            self._done = True
+            if not self._decompressor.eof and self._started:
+                raise InputFileError(
+                    f"{self._path}: truncated zstd archive: the stream ends inside a frame after"
+                    f" {self._out + len(self._buffer):,} decompressed bytes (file is {self._size:,} bytes)"
+                )
+            return
+        try:
+            self._started = True
+            out = self._decompressor.decompress(compressed)
+            while self._decompressor.eof and self._decompressor.unused_data:
+                rest = self._decompressor.unused_data
+                self._decompressor = self._new_decompressor()
+                out += self._decompressor.decompress(rest)
+        except self._zstd.ZstdError as exc:
+            raise InputFileError(
+                f"{self._path}: corrupt zstd archive near compressed byte {self._raw.tell():,} of"
+                f" {self._size:,} ({self._out:,} bytes decompressed before it): {exc}"
+            ) from exc
+        self._buffer += out
+
+    _started = False
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _GzipChecked(io.RawIOBase):
+    """gzip with the truncation and corruption errors turned into :class:`InputFileError`."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._inner = gzip.open(path, "rb")
+        self._out = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            n = self._inner.readinto(buffer)
+        except (EOFError, OSError, gzip.BadGzipFile) as exc:
+            raise InputFileError(
+                f"{self._path}: truncated or corrupt gzip archive after {self._out:,} decompressed bytes: {exc}"
+            ) from exc
+        self._out += n
+        return n
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+@dataclass(frozen=True)
+class LineChunk:
+    """Whole lines of decompressed text: ``data`` holds lines ``first_line``... (1-based)."""
+
+    data: bytes
+    first_line: int
+    n_lines: int
+
+
+def iter_line_chunks(stream: BinaryIO, ctx: ReadContext) -> Iterator[LineChunk]:
+    """Cut a byte stream into chunks of whole lines, dropping lines over the size bound.
+
+    A byte-order mark at the start is removed. A line longer than
+    ``ctx.max_line_bytes`` is skipped as it streams past (never held whole) and
+    counted as ``line_too_long``. A last line without a newline is kept.
+    ``ctx.lines_seen`` ends as the file's line count.
+    """
+    line_no = 1
+    buffer = bytearray()
+    skipping = False
+    first = True
+    while True:
+        block = stream.read(ctx.chunk_bytes)
+        if first:
+            first = False
+            if block.startswith(_BOM):
+                block = block[len(_BOM) :]
+        if not block:
+            break
+        if skipping:
+            cut = block.find(b"\n")
+            if cut < 0:
+                continue
+            block = block[cut + 1 :]
+            skipping = False
+            line_no += 1
+        buffer += block
+        cut = buffer.rfind(b"\n")
+        if cut >= 0:
+            whole = bytes(buffer[: cut + 1])
+            del buffer[: cut + 1]
+            yield from _bounded_chunks(whole, line_no, ctx)
+            line_no += whole.count(b"\n")
+        if len(buffer) > ctx.max_line_bytes:
+            ctx.reject(line_no, "line_too_long", bytes(buffer[:QUARANTINE_HEAD_BYTES]))
+            buffer.clear()
+            skipping = True
+    if skipping:
+        line_no += 1
+    elif buffer:
+        yield from _bounded_chunks(bytes(buffer) + b"\n", line_no, ctx)
+        line_no += 1
+    ctx.lines_seen = line_no - 1
+
+
+def _bounded_chunks(whole: bytes, line_no: int, ctx: ReadContext) -> Iterator[LineChunk]:
+    """Split whole lines further when one of them is over the size bound."""
+    if len(whole) <= ctx.max_line_bytes or max(map(len, whole.split(b"\n"))) <= ctx.max_line_bytes:
+        yield LineChunk(whole, line_no, whole.count(b"\n"))
+        return
+    kept: list[bytes] = []
+    first_kept = line_no
+    for offset, line in enumerate(whole.split(b"\n")[:-1]):
+        number = line_no + offset
+        if len(line) > ctx.max_line_bytes:
+            if kept:
+                yield LineChunk(b"\n".join(kept) + b"\n", first_kept, len(kept))
+                kept = []
+            ctx.reject(number, "line_too_long", line)
+            first_kept = number + 1
+        else:
+            if not kept:
+                first_kept = number
+            kept.append(line)
+    if kept:
+        yield LineChunk(b"\n".join(kept) + b"\n", first_kept, len(kept))
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "int64": (int,),
+    "double": (int, float),
+    "bool": (bool,),
+}
+
+
+def _value_fits(value: Any, arrow_type: pa.DataType) -> bool:
+    """Whether a parsed JSON value fits the declared Arrow type (None always fits)."""
+    if value is None:
+        return True
+    if pa.types.is_list(arrow_type):
+        return isinstance(value, list) and all(_value_fits(v, arrow_type.value_type) for v in value)
+    expected = _PY_TYPES[str(arrow_type)]
+    if isinstance(value, bool) and bool not in expected:
+        return False
+    return isinstance(value, expected)
+
+
+def _empty_frame(schema: pa.Schema) -> pl.DataFrame:
+    frame = pl.from_arrow(schema.empty_table())
+    return frame.with_columns(pl.Series("_line", [], dtype=pl.Int64))
+
+
+def _parse_lines_strictly(chunk: LineChunk, schema: pa.Schema, ctx: ReadContext) -> pl.DataFrame:
+    """Parse a chunk line by line, rejecting each line that is not a JSON object of the schema."""
+    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+    lines: list[int] = []
+    for offset, raw in enumerate(chunk.data.split(b"\n")[: chunk.n_lines]):
+        number = chunk.first_line + offset
+        line = raw.rstrip(b"\r")
+        if not line.strip():
+            ctx.reject(number, "empty_line", raw)
+            continue
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            ctx.reject(number, "invalid_utf8", raw)
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            ctx.reject(number, "malformed_json", raw)
+            continue
+        if not isinstance(value, dict):
+            ctx.reject(number, "not_a_json_object", raw)
+            continue
+        wrong = next((f.name for f in schema if not _value_fits(value.get(f.name), f.type)), None)
+        if wrong is not None:
+            ctx.reject(number, f"wrong_type:{wrong}", raw)
+            continue
+        for name in schema.names:
+            columns[name].append(value.get(name))
+        lines.append(number)
+    table = pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names})
+    return pl.from_arrow(table).with_columns(pl.Series("_line", lines, dtype=pl.Int64))  # type: ignore[union-attr]
+
+
+def read_jsonl(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.DataFrame]:
+    """Read the fields of ``schema`` from a JSON-lines file, a batch per chunk.
+
+    Fields missing from a line come back null; lines that are not JSON objects whose
+    values fit the schema are rejected into ``ctx`` (empty_line, invalid_utf8,
+    malformed_json, not_a_json_object, wrong_type:FIELD, line_too_long).
+
+    Raises:
+        InputFileError: the archive is truncated or corrupt (rows before the break
+            were already yielded).
+    """
+    import pyarrow.json as pa_json
+
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    with open_decompressed(path) as stream:
+        for chunk in iter_line_chunks(stream, ctx):
+            try:
+                table = pa_json.read_json(
+                    io.BytesIO(chunk.data),
+                    read_options=pa_json.ReadOptions(block_size=max(len(chunk.data), 1 << 20)),
+                    parse_options=options,
+                )
+                if table.num_rows != chunk.n_lines:
+                    raise ValueError("blank lines in chunk")
+            except (pa.ArrowInvalid, ValueError, UnicodeDecodeError):
+                yield _parse_lines_strictly(chunk, schema, ctx)
+                continue
+            lines = pl.int_range(chunk.first_line, chunk.first_line + chunk.n_lines, eager=True, dtype=pl.Int64)
+            yield pl.from_arrow(table.select(schema.names)).with_columns(lines.alias("_line"))  # type: ignore[union-attr]
+
+
+def read_text_lines(path: Path, ctx: ReadContext) -> list[str | None]:
+    """All lines of a plain text file (SentEval layout), ``None`` for lines that are not UTF-8.
+
+    Line endings (LF or CRLF) and a BOM are removed; invalid lines are quarantined.
+    """
+    out: list[str | None] = []
+    with open_decompressed(path) as stream:
+        for chunk in iter_line_chunks(stream, ctx):
+            for offset, raw in enumerate(chunk.data.split(b"\n")[: chunk.n_lines]):
+                try:
+                    out.append(raw.rstrip(b"\r").decode("utf-8"))
+                except UnicodeDecodeError:
+                    ctx.reject(chunk.first_line + offset, "invalid_utf8", raw)
+                    out.append(None)
+    return out
+
+
+def read_delimited(
+    path: Path,
+    ctx: ReadContext,
+    *,
+    delimiter: str,
+    quoted: bool,
+    columns: list[str],
+    header: bool = True,
+    batch_rows: int = 200_000,
+) -> Iterator[pl.DataFrame]:
+    """Read a TSV/CSV file into string columns named ``columns`` (by position or header).
+
+    With ``quoted=False`` quote characters are ordinary text (GLUE's TSV, STSb); with
+    ``quoted=True`` fields may be quoted and span lines (pandas' CSV export), and
+    ``_line`` is the line where the record starts. Records whose field count differs
+    from the header are rejected as ``wrong_field_count``; undecodable ones as
+    ``invalid_utf8``.
+    """
+    import csv
+
+    csv.field_size_limit(ctx.max_line_bytes)
+    with open_decompressed(path) as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+        first = text.read(1)
+        if first and first != "\ufeff":
+            text_iter = _prepend(first, text)
+        else:
+            text_iter = text
+        if quoted:
+            reader = csv.reader(text_iter, delimiter=delimiter)
+        else:
+            reader = csv.reader(text_iter, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+        names: list[str] = []
+        batch: dict[str, list[Any]] = {name: [] for name in columns}
+        lines: list[int] = []
+        start_line = 1
+        try:
+            for record in reader:
+                line = start_line
+                start_line = reader.line_num + 1
+                if not names:
+                    if header:
+                        names = [n.strip() for n in record]
+                        missing = [c for c in columns if c not in names]
+                        if missing:
+                            raise InputFileError(f"{path}: header has no column {missing} (header: {names})")
+                        continue
+                    names = list(columns)
+                if not record or record == [""]:
+                    ctx.reject(line, "empty_line", "")
+                    continue
+                if len(record) != len(names):
+                    ctx.reject(line, "wrong_field_count", delimiter.join(record))
+                    continue
+                if any("\udc80" <= ch <= "\udcff" for field in record for ch in field):
+                    ctx.reject(line, "invalid_utf8", delimiter.join(record).encode("utf-8", "surrogateescape"))
+                    continue
+                row = dict(zip(names, record))
+                for name in columns:
+                    batch[name].append(row[name])
+                lines.append(line)
+                if len(lines) >= batch_rows:
+                    yield _frame(batch, lines)
+                    batch = {name: [] for name in columns}
+                    lines = []
+        except csv.Error as exc:
+            raise InputFileError(f"{path}: unreadable CSV near line {start_line}: {exc}") from exc
+        ctx.lines_seen = start_line - 1
+        if lines:
+            yield _frame(batch, lines)
+
+
+def _prepend(first: str, text: io.TextIOBase) -> Iterator[str]:
+    rest = text.readline()
+    yield first + rest
+    yield from text
+
+
+def _frame(batch: Mapping[str, list[Any]], lines: list[int]) -> pl.DataFrame:
+    frame = pl.DataFrame({name: pl.Series(name, values, dtype=pl.String) for name, values in batch.items()})
+    return frame.with_columns(pl.Series("_line", lines, dtype=pl.Int64))
+
+
+def read_json_document(path: Path) -> Any:
+    """Parse a whole JSON document (SPECTER's data.json, metadata.json).
+
+    Raises:
+        InputFileError: the file is not valid JSON (names the file and the position).
+    """
+    with open_decompressed(path) as stream:
+        data = stream.read()
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InputFileError(f"{path}: not a valid JSON document: {exc}") from exc
+
+
+def reject_null_fields(frame: pl.DataFrame, required: list[str], ctx: ReadContext) -> pl.DataFrame:
+    """Reject rows where a required field is missing or null (``missing_field:NAME``).
+
+    The quarantine ``head`` of such a row is the JSON of the fields that were read.
+    """
+    for name in required:
+        missing = frame.get_column(name).is_null()
+        if missing.any():
+            for row in frame.filter(missing).iter_rows(named=True):
+                fields = {k: v for k, v in row.items() if k != "_line"}
+                ctx.reject(row["_line"], f"missing_field:{name}", orjson.dumps(fields, default=str))
+            frame = frame.filter(~missing)
+    return frame

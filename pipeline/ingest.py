@@ -1,0 +1,539 @@
+"""Ingest: raw source files in, clean deduplicated Parquet datasets out.
+
+In: a source name (``nli``, ``reddit``...), its input files and an
+:class:`IngestConfig`. Out: one folder per dataset under ``out_dir`` holding train
+shards, held-out shards, ``quarantine.jsonl`` and ``manifest.json`` (written last),
+as docs/corpus-format.md describes.
+
+Two steps, so a flow can run the first once per file and a cluster can spread it:
+
+1. :func:`stage_file` reads ONE input file with its source module and spills the
+   source's rows to ``<out>/.staging/<source>/<n>-<sha>/rows.parquet`` with its
+   unreadable-row counts and quarantine. A staged file whose input hash and config are
+   unchanged is reused, so a killed run resumes.
+2. :func:`finalize_source` joins the staged files into candidate pairs per dataset,
+   cleans and filters them, removes exact (and optionally near) duplicates across all
+   files, splits off the held-out rows, writes shards, and writes the manifest last.
+   A dataset whose manifest already matches its inputs and config is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import shards as shard_io
+from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
+from pipeline.formats import DEFAULT_MAX_LINE_BYTES, InputFileError, ReadContext
+from pipeline.normalize import TextFilters, clean_and_filter
+from pipeline.records import arrow_schema, shard_columns
+from pipeline.sources import DatasetSpec, get_source
+
+STAGING_DIR = ".staging"
+_BATCH_ROWS = 200_000
+_HASH_SEEDS = (0x5EED_0001, 0x5EED_0002)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything that decides an ingest's output; saved, with its hash, in each manifest.
+
+    Attributes:
+        filters: cleaning length bounds and pair rules.
+        dedup: remove exact duplicate pairs (after cleaning) across all input files.
+        near_dedup: also remove near-duplicates (MinHash LSH on anchor + positive).
+        near_dedup_threshold: estimated Jaccard similarity at which a pair is a near-duplicate.
+        heldout_fraction: share of rows (by a hash of their id) kept apart for evaluation.
+        rows_per_shard: the most rows one Parquet shard holds.
+        max_line_bytes: longer input lines are dropped as ``line_too_long``.
+        dedup_buckets: hash partitions for exact dedup (bounds its memory).
+        source_options: the source's own options, by name.
+    """
+
+    filters: TextFilters = field(default_factory=TextFilters)
+    dedup: bool = True
+    near_dedup: bool = False
+    near_dedup_threshold: float = 0.9
+    heldout_fraction: float = 0.05
+    rows_per_shard: int = shard_io.DEFAULT_ROWS_PER_SHARD
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    dedup_buckets: int = 64
+    source_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        if not 0.0 < self.near_dedup_threshold <= 1.0:
+            raise ValueError(f"near_dedup_threshold must be in (0, 1], got {self.near_dedup_threshold}")
+
+    def resolved(self, source: str) -> dict[str, Any]:
+        """The config as plain JSON data, with the source's options filled with defaults."""
+        data = dataclasses.asdict(self)
+        data["source"] = source
+        data["source_options"] = dataclasses.asdict(source_options(source, self.source_options))
+        return data
+
+
+def source_options(source: str, values: Mapping[str, Any]) -> Any:
+    """Build a source's ``Options`` from ``values``, converting strings to the field types.
+
+    Raises:
+        ValueError: an option the source does not have, or a value of the wrong type.
+    """
+    module = get_source(source)
+    fields = {f.name: f for f in dataclasses.fields(module.Options)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise ValueError(f"source {source!r} has no option {', '.join(unknown)} (its options: {known})")
+    converted = {}
+    for name, value in values.items():
+        converted[name] = _convert_option(name, value, fields[name].type)
+    return module.Options(**converted)
+
+
+def _convert_option(name: str, value: Any, annotation: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    kind = str(annotation)
+    try:
+        if "int" in kind:
+            return None if value.lower() == "none" else int(value)
+        if "float" in kind:
+            return None if value.lower() == "none" else float(value)
+        if "bool" in kind:
+            if value.lower() in ("1", "true", "yes"):
+                return True
+            if value.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError(value)
+    except ValueError:
+        raise ValueError(f"option {name}: cannot read {value!r} as {kind}") from None
+    return value
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A staged input: its folder, and what its ``stage.json`` says."""
+
+    folder: Path
+    input: dict[str, Any]
+    lines: int
+    bad_rows: dict[str, int]
+    failure: str | None
+
+
+def stage_file(source: str, path: Path, work_dir: Path, config: IngestConfig, file_index: int) -> Path:
+    """Read one input file with its source and spill its rows to ``work_dir``.
+
+    Returns the staged folder. Reuses a staged folder whose input hash and config
+    match. A truncated or corrupt archive does not raise: the rows read before the
+    break are kept and ``stage.json`` records the failure.
+    """
+    module = get_source(source)
+    options = source_options(source, config.source_options)
+    entry = input_entry(source, Path(path))
+    stage_config = {"source": source, "options": dataclasses.asdict(options), "max_line_bytes": config.max_line_bytes}
+    stage_hash = shard_io.config_hash({"input": entry, "config": stage_config, "file_index": file_index})
+    folder = Path(work_dir) / f"{file_index:05d}-{entry['sha256'][:16]}"
+    marker = folder / "stage.json"
+    if marker.exists():
+        try:
+            if json.loads(marker.read_text())["stage_hash"] == stage_hash:
+                return folder
+        except (ValueError, KeyError):
+            pass
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    ctx = ReadContext(path=Path(path), display_name=str(path), file_index=file_index, max_line_bytes=config.max_line_bytes)
+    writer: pq.ParquetWriter | None = None
+    rows = 0
+    failure = None
+    tmp_rows = folder / ".rows.parquet.tmp"
+    try:
+        for batch in module.stage_file(Path(path), ctx, options):
+            batch = batch.with_columns(
+                pl.lit(file_index, dtype=pl.Int64).alias("_file_index"), pl.lit(str(path)).alias("source_file")
+            )
+            table = batch.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(tmp_rows, table.schema, compression="zstd")
+            elif table.schema != writer.schema:
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    except InputFileError as exc:
+        failure = str(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        os.replace(tmp_rows, folder / "rows.parquet")
+    with open(folder / "quarantine.jsonl", "wb") as handle:
+        for record in ctx.quarantine:
+            handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+    shard_io.atomic_write_json(
+        marker,
+        {
+            "stage_hash": stage_hash,
+            "input": entry,
+            "lines": ctx.lines_seen,
+            "rows": rows,
+            "bad_rows": ctx.bad_rows.as_dict(),
+            "failure": failure,
+        },
+    )
+    return folder
+
+
+def input_entry(source: str, path: Path) -> dict[str, Any]:
+    """``{path, bytes, sha256}`` of an input; for an input made of several files (a
+    SentEval split, SPECTER's data.json + metadata.json) the bytes and hash cover all of
+    them, in the order the source names them (``companion_files``)."""
+    module = get_source(source)
+    files = module.companion_files(path) if hasattr(module, "companion_files") else [path]
+    if len(files) == 1 and files[0] == path and path.is_file():
+        entry = shard_io.input_entries([path])[0]
+        entry["path"] = str(path)
+        return entry
+    digest = hashlib.sha256()
+    total = 0
+    for file in files:
+        digest.update(shard_io.file_sha256(file).encode())
+        total += file.stat().st_size
+    return {"path": str(path), "bytes": total, "sha256": digest.hexdigest(), "files": [str(f) for f in files]}
+
+
+def read_stage(folder: Path) -> StagedFile:
+    """What a staged folder holds (its ``stage.json``)."""
+    data = json.loads((folder / "stage.json").read_text())
+    return StagedFile(folder, data["input"], data["lines"], data["bad_rows"], data["failure"])
+
+
+def _dataset_manifest_matches(folder: Path, inputs: list[dict[str, Any]], hash_: str) -> dict[str, Any] | None:
+    manifest = shard_io.read_manifest(folder)
+    if manifest and manifest.get("inputs") == inputs and manifest.get("config_hash") == hash_:
+        if shard_io.shards_intact(folder, manifest):
+            return manifest
+    return None
+
+
+def planned_datasets(source: str, inputs: Sequence[Path], config: IngestConfig) -> list[DatasetSpec]:
+    """The datasets ``ingest`` would write for these inputs."""
+    module = get_source(source)
+    return module.dataset_specs([Path(p) for p in inputs], source_options(source, config.source_options))
+
+
+def up_to_date(source: str, inputs: Sequence[Path], out_dir: Path, config: IngestConfig) -> list[dict[str, Any]] | None:
+    """The manifests of every dataset if all already match inputs and config, else None."""
+    entries = [input_entry(source, Path(p)) for p in inputs]
+    hash_ = shard_io.config_hash(config.resolved(source))
+    manifests = []
+    for spec in planned_datasets(source, inputs, config):
+        manifest = _dataset_manifest_matches(Path(out_dir) / spec.name, entries, hash_)
+        if manifest is None:
+            return None
+        manifests.append(manifest)
+    return manifests
+
+
+def finalize_source(
+    source: str,
+    staged: Sequence[Path],
+    inputs: Sequence[Path],
+    out_dir: Path,
+    config: IngestConfig,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Turn the staged files of a source into finished datasets; return their manifests."""
+    module = get_source(source)
+    options = source_options(source, config.source_options)
+    stages = [read_stage(Path(f)) for f in staged]
+    entries = [dict(s.input) for s in stages]
+    resolved = config.resolved(source)
+    hash_ = shard_io.config_hash(resolved)
+    parquet_files = [str(s.folder / "rows.parquet") for s in stages if (s.folder / "rows.parquet").exists()]
+    candidates = module.build_candidates(pl.scan_parquet(parquet_files), options) if parquet_files else {}
+    failures = [{"path": s.input["path"], "error": s.failure} for s in stages if s.failure]
+    manifests = []
+    for spec in module.dataset_specs([Path(p) for p in inputs], options):
+        folder = Path(out_dir) / spec.name
+        existing = _dataset_manifest_matches(folder, entries, hash_)
+        if existing is not None:
+            manifests.append(existing)
+            continue
+        manifests.append(
+            _write_dataset(spec, candidates.get(spec.name), stages, entries, failures, folder, config, resolved, hash_, source, progress)
+        )
+    return manifests
+
+
+def heldout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
+    """True for ids in the held-out split: ``xxh64(id) / 2**64 < fraction``."""
+    import xxhash
+
+    limit = int(fraction * 2**64)
+    return np.fromiter((xxhash.xxh64_intdigest(i.encode("utf-8")) < limit for i in ids), dtype=bool, count=len(ids))
+
+
+def _row_hashes(frame: pl.DataFrame, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    key = pl.struct([pl.col(c) for c in texts])
+    hashed = frame.select(key.hash(_HASH_SEEDS[0]).alias("h1"), key.hash(_HASH_SEEDS[1]).alias("h2"))
+    return hashed.get_column("h1").to_numpy(), hashed.get_column("h2").to_numpy()
+
+
+def _write_dataset(
+    spec: DatasetSpec,
+    candidates: pl.LazyFrame | None,
+    stages: list[StagedFile],
+    entries: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    folder: Path,
+    config: IngestConfig,
+    resolved: dict[str, Any],
+    hash_: str,
+    source: str,
+    progress: bool,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    shard_io.remove_stale_shards(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dropped = shard_io.DropTally()
+    rows_read = 0
+    if spec.counts_unreadable:
+        for stage in stages:
+            dropped.update(stage.bad_rows)
+            rows_read += sum(stage.bad_rows.values())
+    texts = ["anchor", "positive"] + (["negative"] if spec.with_negative else [])
+    candidates_path = folder / ".candidates.parquet"
+    kept_path = folder / ".kept.parquet"
+    if candidates is not None:
+        candidates.sort(["_file_index", "source_line"], maintain_order=True).sink_parquet(candidates_path)
+    deduplicator = ExactDeduplicator(n_buckets=config.dedup_buckets, work_dir=folder)
+    kept_schema = pa.schema(
+        [pa.field(c, pa.string()) for c in texts]
+        + [pa.field("id", pa.string()), pa.field("source_file", pa.string()), pa.field("source_line", pa.int64())]
+    )
+    kept_rows = 0
+    with pq.ParquetWriter(kept_path, kept_schema, compression="zstd") as kept_writer:
+        if candidates_path.exists():
+            reader = pq.ParquetFile(candidates_path)
+            bar = tqdm(total=reader.metadata.num_rows, desc=f"{spec.name}: clean", unit="row", disable=not progress, leave=False)
+            for batch in reader.iter_batches(batch_size=_BATCH_ROWS):
+                frame = pl.from_arrow(batch)
+                rows_read += frame.height
+                if spec.with_negative:
+                    frame = frame.with_columns(
+                        pl.when(pl.col("drop_reason").is_null() & pl.col("negative").is_null())
+                        .then(pl.lit("missing_negative"))
+                        .otherwise(pl.col("drop_reason"))
+                        .alias("drop_reason")
+                    )
+                frame = clean_and_filter(frame, config.filters)
+                counts = frame.get_column("drop_reason").drop_nulls().value_counts()
+                dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
+                kept = frame.filter(pl.col("drop_reason").is_null()).select(kept_schema.names)
+                if config.dedup and kept.height:
+                    deduplicator.add(*_row_hashes(kept, texts))
+                kept_writer.write_table(kept.to_arrow().cast(kept_schema))
+                kept_rows += kept.height
+                bar.update(frame.height)
+            bar.close()
+    keep = deduplicator.keep_mask() if config.dedup else np.ones(kept_rows, dtype=bool)
+    dropped.add("duplicate", int((~keep).sum()))
+    schema = arrow_schema(spec.with_negative)
+    train = shard_io.ShardWriter(folder, schema, config.rows_per_shard)
+    heldout = shard_io.ShardWriter(folder, schema, config.rows_per_shard, prefix="heldout")
+    near_filter = None
+    offset = 0
+    for batch in pq.ParquetFile(kept_path).iter_batches(batch_size=_BATCH_ROWS):
+        frame = pl.from_arrow(batch).filter(pl.Series(keep[offset : offset + batch.num_rows]))
+        offset += batch.num_rows
+        if config.near_dedup and frame.height:
+            if near_filter is None:
+                near_filter = NearDuplicateFilter(config.near_dedup_threshold)
+            mask = near_filter.keep([f"{a} {p}" for a, p in zip(frame["anchor"], frame["positive"])])
+            dropped.add("near_duplicate", int((~mask).sum()))
+            frame = frame.filter(pl.Series(mask))
+        is_heldout = heldout_mask(frame.get_column("id").to_list(), config.heldout_fraction)
+        train.write(frame.filter(pl.Series(~is_heldout)).to_arrow())
+        heldout.write(frame.filter(pl.Series(is_heldout)).to_arrow())
+    train_shards, heldout_shards = train.close(), heldout.close()
+    for tmp in (candidates_path, kept_path):
+        tmp.unlink(missing_ok=True)
+    quarantine_rows = _merge_quarantine(stages, folder / shard_io.QUARANTINE_NAME) if spec.counts_unreadable else 0
+    rows_train = sum(s.rows for s in train_shards)
+    rows_heldout = sum(s.rows for s in heldout_shards)
+    manifest = {
+        "dataset": spec.name,
+        "source": source,
+        "stage": "ingest",
+        "unit": spec.unit,
+        "rows_read": rows_read,
+        "rows_kept": rows_train + rows_heldout,
+        "rows_train": rows_train,
+        "rows_heldout": rows_heldout,
+        "dropped": dropped.as_dict(),
+        "columns": shard_columns(spec.with_negative),
+        "shards": [s.as_dict() for s in train_shards + heldout_shards],
+        "inputs": entries,
+        "failures": failures,
+        "quarantine": {"path": shard_io.QUARANTINE_NAME, "rows": quarantine_rows},
+        "config": resolved,
+        "config_hash": hash_,
+        "versions": shard_io.library_versions("orjson", "xxhash", "zstandard", "datasketch"),
+    }
+    shard_io.check_accounting(manifest)
+    shard_io.atomic_write_json(folder / shard_io.MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _merge_quarantine(stages: list[StagedFile], path: Path) -> int:
+    rows = 0
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as out:
+        for stage in stages:
+            source = stage.folder / "quarantine.jsonl"
+            if source.exists():
+                data = source.read_bytes()
+                out.write(data)
+                rows += data.count(b"\n")
+    os.replace(tmp, path)
+    return rows
+
+
+@dataclass
+class IngestResult:
+    """What :func:`ingest` did: the manifests written, and the inputs that failed."""
+
+    manifests: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    skipped: bool = False
+
+
+def ingest(
+    source: str,
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    config: IngestConfig | None = None,
+    progress: bool = True,
+) -> IngestResult:
+    """Stage every input file of a source, then finalize its datasets (see the module doc).
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+        ValueError: an unknown source or option.
+    """
+    from tqdm import tqdm
+
+    config = config or IngestConfig()
+    get_source(source)
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError(f"no input files given for source {source!r}")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"input not found: {', '.join(missing)}")
+    out = Path(out_dir)
+    done = up_to_date(source, paths, out, config)
+    if done is not None:
+        return IngestResult(done, [f for m in done[:1] for f in m["failures"]], skipped=True)
+    work_dir = out / STAGING_DIR / source
+    staged = []
+    for index, path in enumerate(tqdm(paths, desc=f"{source}: read", unit="file", disable=not progress)):
+        staged.append(stage_file(source, path, work_dir, config, index))
+    manifests = finalize_source(source, staged, paths, out, config, progress=progress)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    if work_dir.parent.exists() and not any(work_dir.parent.iterdir()):
+        work_dir.parent.rmdir()
+    failures = manifests[0]["failures"] if manifests else []
+    return IngestResult(manifests, failures)
+
+
+def summary_table(manifests: Sequence[Mapping[str, Any]]) -> str:
+    """A plain-text table of each dataset: read, kept (train / held out), dropped by reason."""
+    lines = []
+    header = f"{'dataset':<28} {'unit':<14} {'read':>10} {'kept':>10} {'train':>10} {'heldout':>8}  dropped by reason"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for m in manifests:
+        reasons = ", ".join(f"{r}={n:,}" for r, n in sorted(m["dropped"].items(), key=lambda kv: (-kv[1], kv[0])))
+        lines.append(
+            f"{m['dataset']:<28} {m['unit']:<14} {m['rows_read']:>10,} {m['rows_kept']:>10,}"
+            f" {m['rows_train']:>10,} {m['rows_heldout']:>8,}  {reasons or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``pairforge ingest``."""
+    from pipeline.sources import SOURCES
+
+    parser.add_argument("source", choices=sorted(SOURCES), help="the source format of the inputs")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="input files (or SentEval folders)")
+    parser.add_argument("--out", required=True, type=Path, help="corpus folder: one subfolder per dataset")
+    defaults = IngestConfig()
+    parser.add_argument("--min-chars", type=int, default=defaults.filters.min_chars, help="drop texts shorter than this")
+    parser.add_argument("--max-chars", type=int, default=defaults.filters.max_chars, help="drop texts longer than this")
+    parser.add_argument("--keep-equal-pairs", action="store_true", help="keep pairs whose anchor equals the positive")
+    parser.add_argument("--no-dedup", action="store_true", help="keep exact duplicate pairs")
+    parser.add_argument("--near-dedup", action="store_true", help="also drop near-duplicate pairs (MinHash)")
+    parser.add_argument("--near-dedup-threshold", type=float, default=defaults.near_dedup_threshold)
+    parser.add_argument("--heldout-fraction", type=float, default=defaults.heldout_fraction)
+    parser.add_argument("--rows-per-shard", type=int, default=defaults.rows_per_shard)
+    parser.add_argument("--max-line-bytes", type=int, default=defaults.max_line_bytes)
+    parser.add_argument(
+        "-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="a source option, e.g. -o min_score=2"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> IngestConfig:
+    """An :class:`IngestConfig` from parsed ``pairforge ingest`` arguments."""
+    options = {}
+    for item in args.option:
+        if "=" not in item:
+            raise ValueError(f"--option takes KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        options[key.strip()] = value.strip()
+    config = IngestConfig(
+        filters=TextFilters(args.min_chars, args.max_chars, not args.keep_equal_pairs),
+        dedup=not args.no_dedup,
+        near_dedup=args.near_dedup,
+        near_dedup_threshold=args.near_dedup_threshold,
+        heldout_fraction=args.heldout_fraction,
+        rows_per_shard=args.rows_per_shard,
+        max_line_bytes=args.max_line_bytes,
+        source_options=options,
+    )
+    source_options(args.source, options)
+    return config
+
+
+def ingest_command(args: argparse.Namespace) -> int:
+    """Run ``pairforge ingest``; exit 1 when an input file failed, else 0."""
+    config = config_from_args(args)
+    result = ingest(args.source, args.inputs, args.out, config, progress=not args.quiet)
+    if result.skipped:
+        print(f"{args.source}: inputs and config unchanged since the last build; nothing to do.")
+    print(summary_table(result.manifests))
+    quarantined = sum(m["quarantine"]["rows"] for m in result.manifests)
+    print(f"\nwritten to {args.out}/ ({len(result.manifests)} datasets; {quarantined:,} quarantined rows)")
+    for failure in result.failures:
+        print(f"FAILED: {failure['error']}", file=sys.stderr)
+    return 1 if result.failures else 0

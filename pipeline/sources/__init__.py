@@ -1,0 +1,64 @@
+"""Source modules, registered by hand: one module per source, all with the same shape.
+
+Every source module defines:
+
+``NAME``
+    the source's name on the command line.
+``Options``
+    a frozen dataclass of the source's own options (defaults for all fields).
+``dataset_specs(inputs, options) -> list[DatasetSpec]``
+    the datasets the source writes for these inputs, each with its unit of input.
+``stage_file(path, ctx, options) -> Iterator[pl.DataFrame]``
+    read ONE input file (through :mod:`pipeline.formats`) and yield batches of the
+    source's staged rows: any columns the source needs later, plus ``_line``.
+    Unreadable rows go to ``ctx.reject``.
+``build_candidates(staged, options) -> dict[str, pl.LazyFrame]``
+    from the staged rows of all input files (a LazyFrame with ``_file_index`` and
+    ``source_file`` added), one LazyFrame per dataset name, ONE ROW PER UNIT OF INPUT,
+    with columns ``anchor``, ``positive``, [``negative``], ``id``, ``source_file``,
+    ``source_line``, ``_file_index`` and ``drop_reason`` (null for a candidate pair,
+    else why the unit gives no pair). Cleaning, length filters, dedup and the
+    held-out split happen after, in :mod:`pipeline.ingest`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset a source writes.
+
+    Attributes:
+        name: the dataset folder name (``nli-pairs``); a single path segment.
+        unit: what one unit of input is (``line``, ``comment``, ``citation edge``).
+        counts_unreadable: whether unreadable rows of the input count as units of
+            this dataset (a bad line is a lost line, but not a lost citation edge).
+        with_negative: whether rows carry a ``negative`` column.
+    """
+
+    name: str
+    unit: str
+    counts_unreadable: bool = True
+    with_negative: bool = False
+
+
+# Imported after DatasetSpec: the source modules use it.
+from pipeline.sources import nli  # noqa: E402
+
+SOURCES: dict[str, ModuleType] = {
+    "nli": nli,
+}
+
+
+def get_source(name: str) -> ModuleType:
+    """The source module called ``name``.
+
+    Raises:
+        ValueError: no such source (the message lists the known ones).
+    """
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise ValueError(f"unknown source {name!r}; known sources: {', '.join(sorted(SOURCES))}") from None

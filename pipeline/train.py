@@ -1,0 +1,416 @@
+"""The training task: a corpus and its data_config.json in, a trained sentence-transformer out.
+
+In: a corpus root (docs/corpus-format.md), a data_config.json naming datasets of it
+with integer weights (:mod:`pipeline.sampling`), an output folder and a
+:class:`TrainConfig`. Out: in ``out_dir``, a model that loads with
+``SentenceTransformer(out_dir)`` (weights, tokenizer, modules, model card README.md),
+a copy of the data_config.json it trained on, and ``train_config.json`` (the resolved
+config, its hash, the inputs' fingerprints and the run's result), written last; and
+``out_dir/checkpoints/checkpoint-<step>/`` while it runs.
+
+The recipe is the 1B-pairs project's (the one behind all-MiniLM-L6-v2): every batch
+comes from one dataset drawn with probability proportional to its weight
+(:class:`pipeline.batch_sampler.WeightedBatchSampler`, no duplicate text in a batch),
+MultipleNegativesRankingLoss with scale 20 (hard negatives used when a dataset has
+them), AdamW at 2e-5 with linear warmup, 128 tokens, mean pooling, normalized
+embeddings, 128 rows per device per batch. Only training shards are read, never
+``heldout/``.
+
+A run killed midway resumes from its last checkpoint when the same command is run
+again: the sampler's order depends only on the seed and the epoch, and the trainer
+skips the batches already trained, so the resumed run sees the batches the killed one
+would have. A finished output folder whose train_config.json matches is not retrained.
+
+torch, transformers, datasets and sentence-transformers are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from pipeline.sampling import DataConfigEntry, dataset_folder, load_data_config
+from pipeline.shards import atomic_write_bytes, atomic_write_json, config_hash, library_versions, read_manifest
+
+TRAIN_CONFIG_NAME = "train_config.json"
+DATA_CONFIG_NAME = "data_config.json"
+CHECKPOINTS_DIR = "checkpoints"
+LossName = Literal["mnrl", "cached_mnrl"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_NEGATIVE_COLUMN = re.compile(r"^negative(_\d+)?$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved, with its hash, in the model folder.
+
+    Attributes:
+        model: a local sentence-transformers or Hugging Face model folder; None for the
+            packaged all-MiniLM-L6-v2.
+        batch_size: rows per batch per device (the 1B recipe: 128 per TPU core).
+        epochs: passes over the data, where one pass is as many batches as the data fills once.
+        max_steps: optimizer steps; when set, overrides ``epochs``.
+        steps_per_epoch: batches per epoch, to replace the default length of a pass.
+        learning_rate: AdamW's peak learning rate.
+        warmup_steps: linear warmup steps, at most 10% of the run's steps.
+        weight_decay: AdamW weight decay.
+        max_seq_length: tokens per text; longer texts are cut.
+        loss: ``mnrl`` (MultipleNegativesRankingLoss) or ``cached_mnrl`` (its GradCache
+            version, for batches larger than memory allows).
+        scale: the loss's similarity scale (1B recipe: 20).
+        mini_batch_size: ``cached_mnrl``'s mini-batch size.
+        pooling: pooling mode when the start model is a plain Hugging Face folder.
+        normalize: add a Normalize module when the start model is a plain Hugging Face folder.
+        precision: ``auto`` (bf16 on a GPU that has it, else fp32), ``fp32``, ``bf16``, ``fp16``.
+        device: ``cpu`` to force the CPU; None picks the GPU when there is one.
+        seed: seeds the model's initialisation of new layers, dropout and the batch order.
+        gradient_accumulation_steps: batches per optimizer step.
+        save_steps: steps between checkpoints.
+        save_total_limit: checkpoints kept.
+        logging_steps: steps between logged losses (the first step is always logged).
+        dataloader_num_workers: DataLoader worker processes.
+        resume: continue from the last checkpoint in ``out_dir/checkpoints`` when there is one.
+    """
+
+    model: str | None = None
+    batch_size: int = 128
+    epochs: float = 1.0
+    max_steps: int | None = None
+    steps_per_epoch: int | None = None
+    learning_rate: float = 2e-5
+    warmup_steps: int = 500
+    weight_decay: float = 0.01
+    max_seq_length: int = 128
+    loss: LossName = "mnrl"
+    scale: float = 20.0
+    mini_batch_size: int = 32
+    pooling: str = "mean"
+    normalize: bool = True
+    precision: Precision = "auto"
+    device: str | None = None
+    seed: int = 42
+    gradient_accumulation_steps: int = 1
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    dataloader_num_workers: int = 0
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("mnrl", "cached_mnrl"):
+            raise ValueError(f"loss must be mnrl or cached_mnrl, got {self.loss!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        for name in ("batch_size", "max_seq_length", "save_steps", "logging_steps", "gradient_accumulation_steps", "mini_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.max_steps is None and not self.epochs > 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+
+
+@dataclass
+class TrainingData:
+    """The datasets of a run, loaded: names, weights, in-memory tables, fingerprints."""
+
+    entries: list[DataConfigEntry]
+    tables: list[Any]
+    columns: list[list[str]]
+    fingerprints: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        return sum(t.num_rows for t in self.tables)
+
+
+def text_columns(columns: Sequence[str]) -> list[str]:
+    """The columns a loss reads, in order: anchor, positive, then negative or negative_1..k."""
+    if "anchor" not in columns or "positive" not in columns:
+        raise ValueError(f"a training dataset needs anchor and positive columns, got {list(columns)}")
+    negatives = [c for c in columns if _NEGATIVE_COLUMN.match(c)]
+    negatives.sort(key=lambda c: int(c.split("_")[1]) if "_" in c else 0)
+    return ["anchor", "positive", *negatives]
+
+
+def load_training_data(corpus_dir: str | os.PathLike[str], data_config_path: str | os.PathLike[str]) -> TrainingData:
+    """Validate a data_config.json against the corpus and read each dataset's train shards.
+
+    Shards come from the manifest's list, leaving out ``heldout/``; each must exist with
+    its recorded row count, and a dataset's rows must add up to its ``rows_train``.
+
+    Raises:
+        FileNotFoundError: the config, the corpus or a shard is missing.
+        ValueError: the config does not validate, or a dataset is empty or inconsistent.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    entries = load_data_config(data_config_path, corpus_dir=corpus_dir)
+    tables, columns, fingerprints = [], [], {}
+    for entry in entries:
+        folder = dataset_folder(corpus_dir, entry.name)
+        manifest = read_manifest(folder)
+        cols = text_columns(manifest.get("columns", []))
+        train_shards = [s for s in manifest["shards"] if not s["path"].startswith("heldout/")]
+        parts = []
+        for shard in train_shards:
+            path = folder / shard["path"]
+            if not path.is_file():
+                raise FileNotFoundError(f"{folder / 'manifest.json'} lists a shard that is missing: {path}")
+            table = pq.read_table(path, columns=cols)
+            if table.num_rows != shard["rows"]:
+                raise ValueError(f"{path}: {table.num_rows} rows but the manifest says {shard['rows']}")
+            parts.append(table)
+        rows = sum(t.num_rows for t in parts)
+        if rows != manifest["rows_train"]:
+            raise ValueError(f"{folder}: train shards hold {rows} rows but rows_train is {manifest['rows_train']}")
+        if rows == 0:
+            raise ValueError(f"dataset {entry.name!r} has no training rows: remove it from {data_config_path}")
+        table = pa.concat_tables(parts).combine_chunks()
+        tables.append(table.cast(pa.schema([pa.field(c, pa.string()) for c in cols])))
+        columns.append(cols)
+        fingerprints[entry.name] = {
+            "rows_train": rows,
+            "config_hash": manifest.get("config_hash"),
+            "shards": [{"path": s["path"], "sha256": s["sha256"]} for s in train_shards],
+        }
+    return TrainingData(entries=entries, tables=tables, columns=columns, fingerprints=fingerprints)
+
+
+def build_model(config: TrainConfig):
+    """The start model: a sentence-transformers folder as it is, or a Hugging Face folder
+    with ``config.pooling`` pooling and, if asked, normalization."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer, models
+
+    from pipeline.models import load_encoder, resolve_model_path
+
+    path = resolve_model_path(config.model)
+    if (path / "modules.json").is_file():
+        model = load_encoder(path, device="cpu")
+    else:
+        transformer = models.Transformer(
+            str(path), max_seq_length=config.max_seq_length, model_args={"trust_remote_code": False},
+            tokenizer_args={"trust_remote_code": False}, config_args={"trust_remote_code": False},
+        )
+        pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode=config.pooling)
+        modules = [transformer, pooling] + ([models.Normalize()] if config.normalize else [])
+        model = SentenceTransformer(modules=modules, device="cpu")
+    model.max_seq_length = config.max_seq_length
+    return model
+
+
+def _resolve_precision(config: TrainConfig, use_gpu: bool) -> str:
+    if config.precision != "auto":
+        return config.precision
+    import torch
+
+    return "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _planned_steps(config: TrainConfig, batches_per_epoch: int, world_size: int) -> int:
+    if config.max_steps:
+        return config.max_steps
+    per_epoch = max(1, batches_per_epoch // world_size // config.gradient_accumulation_steps)
+    return math.ceil(per_epoch * config.epochs)
+
+
+def _run_fingerprint(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
+    """What decides the run's result: the config, the start model and the data. Hashed."""
+    from pipeline.models import model_fingerprint, resolve_model_path
+
+    return {
+        "train": asdict(config) | {"model": str(resolve_model_path(config.model))},
+        "model_fingerprint": model_fingerprint(config.model),
+        "data_config": [e.as_dict() for e in data.entries],
+        "datasets": data.fingerprints,
+    }
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _check_resume(checkpoints: Path, run_hash: str, config: TrainConfig) -> str | None:
+    """The checkpoint to resume from, after checking it belongs to this same run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    marker = checkpoints / TRAIN_CONFIG_NAME
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last is None or not config.resume:
+        return None
+    if marker.is_file():
+        previous = json.loads(marker.read_text(encoding="utf-8")).get("config_hash")
+        if previous != run_hash:
+            raise ValueError(
+                f"{checkpoints} holds checkpoints of a different run (config hash {previous[:12]}, this run"
+                f" {run_hash[:12]}): use another --out folder, or --no-resume to start over"
+            )
+    return last
+
+
+def train_model(
+    corpus_dir: str | os.PathLike[str],
+    data_config_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: TrainConfig = TrainConfig(),
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Train a sentence-embedding model on a weighted mix of a corpus's datasets.
+
+    Args:
+        corpus_dir: the corpus root.
+        data_config_path: a data_config.json naming datasets of that corpus.
+        out_dir: the model folder to write (checkpoints go to ``out_dir/checkpoints``).
+        config: the training configuration.
+        callbacks: extra ``transformers.TrainerCallback`` objects (tests use one to stop a run midway).
+
+    Returns:
+        A summary: ``out_dir``, ``steps``, ``examples``, ``loss_first``, ``loss_last``,
+        ``seconds``, ``resumed_from``, ``skipped``, ``config_hash``, ``datasets``.
+
+    Raises:
+        FileNotFoundError: the corpus, config, a shard or the start model is missing.
+        ValueError: the config does not validate against the corpus, or the checkpoints
+            in ``out_dir`` belong to a different run.
+    """
+    started = time.perf_counter()
+    out = Path(out_dir)
+    checkpoints = out / CHECKPOINTS_DIR
+
+    # 1. Data: validate the config against the corpus, read the train shards only.
+    data = load_training_data(corpus_dir, data_config_path)
+    fingerprint = _run_fingerprint(config, data)
+    run_hash = config_hash(fingerprint)
+    finished = out / TRAIN_CONFIG_NAME
+    if finished.is_file():
+        record = json.loads(finished.read_text(encoding="utf-8"))
+        if record.get("config_hash") == run_hash:
+            return record["result"] | {"out_dir": str(out), "skipped": True, "seconds": 0.0, "config_hash": run_hash}
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+    from datasets import Dataset, DatasetDict
+    from datasets.table import InMemoryTable
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
+
+    from pipeline.batch_sampler import weighted_sampler_factory
+
+    resume_from = _check_resume(checkpoints, run_hash, config)
+    torch.manual_seed(config.seed)
+
+    # 2. Model.
+    model = build_model(config)
+
+    # 3. Datasets, in config order: the sampler's weights follow the same order.
+    train_dataset = DatasetDict(
+        {entry.name: Dataset(InMemoryTable(table)) for entry, table in zip(data.entries, data.tables)}
+    )
+    weights = [entry.weight for entry in data.entries]
+    batches_per_epoch = config.steps_per_epoch or sum(max(1, t.num_rows // config.batch_size) for t in data.tables)
+
+    # 4. Loss: MNRL reads column 0 as the anchor and every later column as a candidate,
+    # so hard negatives are used where a dataset has them.
+    if config.loss == "cached_mnrl":
+        loss = CachedMultipleNegativesRankingLoss(model, scale=config.scale, mini_batch_size=config.mini_batch_size)
+    else:
+        loss = MultipleNegativesRankingLoss(model, scale=config.scale)
+
+    # 5. Arguments.
+    use_gpu = config.device != "cpu" and torch.cuda.is_available()
+    precision = _resolve_precision(config, use_gpu)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    planned = _planned_steps(config, batches_per_epoch, world_size)
+    warmup = min(config.warmup_steps, planned // 10)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.learning_rate,
+        warmup_steps=warmup,
+        weight_decay=config.weight_decay,
+        optim="adamw_torch",
+        lr_scheduler_type="linear",
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not use_gpu,
+        seed=config.seed,
+        data_seed=config.seed,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        dataloader_num_workers=config.dataloader_num_workers,
+        dataloader_drop_last=False,
+        multi_dataset_batch_sampler=weighted_sampler_factory(weights, num_batches=batches_per_epoch),
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+    # 6. Trainer, then train (resuming when a checkpoint of this run exists).
+    if _is_main_process():
+        atomic_write_json(checkpoints / TRAIN_CONFIG_NAME, {"config_hash": run_hash, "run": fingerprint})
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=list(callbacks)
+    )
+    output = trainer.train(resume_from_checkpoint=resume_from)
+
+    # 7. Save: the model (with its model card), the data config, then train_config.json last.
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    steps = int(trainer.state.global_step)
+    result = {
+        "steps": steps,
+        "examples": steps * config.batch_size * config.gradient_accumulation_steps * world_size,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "train_loss_mean": float(output.training_loss),
+        "datasets": {e.name: {"lines": e.lines, "weight": e.weight} for e in data.entries},
+    }
+    trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        text = json.dumps([e.as_dict() for e in data.entries], indent=4, ensure_ascii=False) + "\n"
+        atomic_write_bytes(out / DATA_CONFIG_NAME, text.encode("utf-8"))
+        resolved = {
+            "config_hash": run_hash,
+            "config": fingerprint["train"],
+            "run": fingerprint,
+            "resolved": {
+                "precision": precision,
+                "device": "cuda" if use_gpu else "cpu",
+                "world_size": world_size,
+                "batches_per_epoch": batches_per_epoch,
+                "planned_steps": planned,
+                "warmup_steps": warmup,
+            },
+            "result": result,
+            "versions": library_versions("torch", "transformers", "sentence-transformers", "datasets"),
+        }
+        atomic_write_json(finished, resolved)
+    return result | {
+        "out_dir": str(out),
+        "seconds": round(time.perf_counter() - started, 2),
+        "resumed_from": resume_from,
+        "skipped": False,
+        "config_hash": run_hash,
+    }
+
+
+def config_from_overrides(base: TrainConfig, **overrides: Any) -> TrainConfig:
+    """``base`` with the overrides that are not None applied (for the CLI)."""
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
