@@ -17,17 +17,28 @@ ConfigT = TypeVar("ConfigT")
 
 
 def build_config(config_class: type[ConfigT], overrides: Mapping[str, Any] | None) -> ConfigT:
-    """A library config from JSON overrides (lists become tuples, unknown keys are an error).
+    """A library config from JSON overrides.
+
+    Lists become tuples; a dict given for a field whose default is itself a dataclass
+    (``IngestConfig.filters``) builds that dataclass the same way.
 
     Raises:
         ValueError: an override names no field of ``config_class``.
     """
     overrides = dict(overrides or {})
-    known = {f.name for f in dataclasses.fields(config_class)}  # type: ignore[arg-type]
-    unknown = sorted(set(overrides) - known)
+    fields = {f.name: f for f in dataclasses.fields(config_class)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {config_class.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    values = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+        raise ValueError(f"unknown {config_class.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    values = {}
+    for name, value in overrides.items():
+        field = fields[name]
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(default):
+            value = build_config(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
     return config_class(**values)
 
 

@@ -22,7 +22,7 @@ numpy only at import time; polars is imported when texts are hashed.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -180,21 +180,28 @@ class WeightedBatchSampler:
             yield batch
 
 
-def weighted_sampler_factory(
-    weights: Sequence[float], num_batches: int | None = None
-) -> Callable[..., WeightedBatchSampler]:
+class WeightedSamplerFactory:
     """A ``multi_dataset_batch_sampler`` for ``SentenceTransformerTrainingArguments``.
 
     The trainer calls it with the ``ConcatDataset`` of the run's ``DatasetDict`` (in the
     dict's order, which must be the order of ``weights``), the per-dataset batch
     samplers (only their batch size is used), a generator (unused: the order comes from
-    the seed alone) and the seed.
+    the seed alone) and the seed. A class rather than a closure because the trainer
+    pickles its arguments into every checkpoint.
+
+    Args:
+        weights: one positive weight per dataset, in the DatasetDict's order.
+        num_batches: batches per epoch, or None for :class:`WeightedBatchSampler`'s default.
     """
 
-    def build(dataset: Any, batch_samplers: Sequence[Any], generator: Any = None, seed: int | None = 0) -> WeightedBatchSampler:
+    def __init__(self, weights: Sequence[float], num_batches: int | None = None) -> None:
+        self.weights = list(weights)
+        self.num_batches = num_batches
+
+    def __call__(
+        self, dataset: Any, batch_samplers: Sequence[Any], generator: Any = None, seed: int | None = 0
+    ) -> WeightedBatchSampler:
         hashes = [dataset_text_hashes(d) for d in dataset.datasets]
         return WeightedBatchSampler(
-            hashes, weights, batch_size=batch_samplers[0].batch_size, seed=seed or 0, num_batches=num_batches
+            hashes, self.weights, batch_size=batch_samplers[0].batch_size, seed=seed or 0, num_batches=self.num_batches
         )
-
-    return build

@@ -41,9 +41,134 @@ def _run_ingest(args: argparse.Namespace) -> int:
 # --- end ingest ---------------------------------------------------------------
 
 # --- mine (owner: mining) -----------------------------------------------------
+def _add_mine(sub: argparse._SubParsersAction) -> None:
+    from pipeline.mining import add_mine_arguments
+
+    parser = sub.add_parser("mine", help="mine hard negatives for a pair dataset with FAISS (triplet shards out)")
+    add_mine_arguments(parser)
+    parser.set_defaults(run=_run_mine)
+
+
+def _run_mine(args: argparse.Namespace) -> int:
+    from pipeline.mining import mine_command
+
+    return mine_command(args)
+
+
 # --- end mine -----------------------------------------------------------------
 
 # --- config + train (owner: sampling/train) -----------------------------------
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("config", help="write data_config.json: a sampling weight for each dataset of a corpus")
+    parser.add_argument("corpus_dir", type=Path, metavar="CORPUS_DIR")
+    parser.add_argument("--out", type=Path, default=Path("data_config.json"), help="where to write (default: %(default)s)")
+    parser.add_argument(
+        "--policy",
+        choices=["proportional", "temperature", "uniform", "explicit"],
+        default="proportional",
+        help="weights proportional to size, to size**alpha, all equal, or as given with --weight (default: %(default)s)",
+    )
+    parser.add_argument("--alpha", type=float, default=1.0, help="temperature policy: weight ~ lines**alpha (alpha = 1/T)")
+    parser.add_argument("--size-cap", type=int, help="count datasets larger than this many lines as this size (T5's K)")
+    parser.add_argument("--scale", type=int, default=1000, help="the weight of the heaviest dataset (default: %(default)s)")
+    parser.add_argument("--min-weight", type=int, default=1, help="the least weight (default: %(default)s)")
+    parser.add_argument("--max-weight", type=int, help="the most weight any dataset gets")
+    parser.add_argument("--weight", action="append", default=[], metavar="NAME=W", help="explicit policy: a dataset's weight")
+    parser.add_argument("--default-weight", type=int, help="explicit policy: weight of datasets not given with --weight")
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="leave out datasets (name or glob)")
+    parser.add_argument("--check", type=Path, metavar="CONFIG", help="only validate CONFIG against CORPUS_DIR; write nothing")
+    parser.set_defaults(run=_run_config)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from pipeline.sampling import WeightPolicy, load_data_config, meta_path, write_data_config
+
+    if args.check:
+        entries = load_data_config(args.check, corpus_dir=args.corpus_dir)
+        print(f"{args.check}: {len(entries)} entries, valid against {args.corpus_dir}")
+        return 0
+    weights = {}
+    for item in args.weight:
+        name, sep, value = item.rpartition("=")
+        if not sep or not value.isdigit():
+            return _fail(f"--weight takes NAME=POSITIVE_INTEGER, got {item!r}")
+        weights[name] = int(value)
+    policy = WeightPolicy(
+        kind=args.policy,
+        alpha=args.alpha,
+        size_cap=args.size_cap,
+        scale=args.scale,
+        min_weight=args.min_weight,
+        max_weight=args.max_weight,
+        weights=weights,
+        default_weight=args.default_weight,
+        exclude=tuple(args.exclude),
+    )
+    entries = write_data_config(args.corpus_dir, args.out, policy)
+    total = sum(e["weight"] for e in entries)
+    width = max(len(e["name"]) for e in entries)
+    for entry in entries:
+        print(f"{entry['name']:<{width}}  lines {entry['lines']:>10,}  weight {entry['weight']:>6}  share {entry['weight'] / total:6.1%}")
+    print(f"wrote {args.out} ({len(entries)} datasets, policy {args.policy}) and {meta_path(args.out)}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from pipeline.train import TrainConfig
+
+    defaults = TrainConfig()
+    parser = sub.add_parser("train", help="train a sentence-embedding model on a corpus, batches drawn by data_config.json weights")
+    parser.add_argument("corpus_dir", type=Path, metavar="CORPUS_DIR")
+    parser.add_argument("--config", type=Path, required=True, help="the data_config.json to sample by")
+    parser.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    parser.add_argument("--model", help="start model folder (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--batch-size", type=int, help=f"rows per batch per device (default: {defaults.batch_size})")
+    parser.add_argument("--epochs", type=float, help=f"passes over the data (default: {defaults.epochs})")
+    parser.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    parser.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: as many as the data fills once)")
+    parser.add_argument("--lr", dest="learning_rate", type=float, help=f"peak learning rate (default: {defaults.learning_rate})")
+    parser.add_argument("--warmup-steps", type=int, help=f"linear warmup, at most 10%% of steps (default: {defaults.warmup_steps})")
+    parser.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default: {defaults.weight_decay})")
+    parser.add_argument("--max-seq-length", type=int, help=f"tokens per text (default: {defaults.max_seq_length})")
+    parser.add_argument("--loss", choices=["mnrl", "cached_mnrl"], help="MultipleNegativesRankingLoss or its cached version")
+    parser.add_argument("--scale", type=float, help=f"loss similarity scale (default: {defaults.scale})")
+    parser.add_argument("--mini-batch-size", type=int, help=f"cached_mnrl mini-batch (default: {defaults.mini_batch_size})")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default auto: bf16 on a GPU that has it")
+    parser.add_argument("--device", choices=["cpu"], help="force the CPU (default: the GPU when there is one)")
+    parser.add_argument("--seed", type=int, help=f"seed (default: {defaults.seed})")
+    parser.add_argument("--grad-accum", dest="gradient_accumulation_steps", type=int, help="batches per optimizer step")
+    parser.add_argument("--save-steps", type=int, help=f"steps between checkpoints (default: {defaults.save_steps})")
+    parser.add_argument("--save-total-limit", type=int, help=f"checkpoints kept (default: {defaults.save_total_limit})")
+    parser.add_argument("--logging-steps", type=int, help=f"steps between logged losses (default: {defaults.logging_steps})")
+    parser.add_argument("--workers", dest="dataloader_num_workers", type=int, help="DataLoader workers (default: 0)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false", default=None, help="ignore existing checkpoints")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pipeline.train import TrainConfig, config_from_overrides, train_model
+
+    fields = (
+        "model", "batch_size", "epochs", "max_steps", "steps_per_epoch", "learning_rate", "warmup_steps", "weight_decay",
+        "max_seq_length", "loss", "scale", "mini_batch_size", "precision", "device", "seed", "gradient_accumulation_steps",
+        "save_steps", "save_total_limit", "logging_steps", "dataloader_num_workers", "resume",
+    )  # fmt: skip
+    config = config_from_overrides(TrainConfig(), **{name: getattr(args, name) for name in fields})
+    summary = train_model(args.corpus_dir, args.config, args.out, config)
+    if summary["skipped"]:
+        print(f"{args.out} already holds this run (config hash {summary['config_hash'][:12]}): nothing to do")
+    else:
+        resumed = f", resumed from {summary['resumed_from']}" if summary["resumed_from"] else ""
+        loss = (
+            f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}" if summary["loss_first"] is not None else "no loss logged"
+        )
+        print(
+            f"trained {summary['steps']} steps, {summary['examples']:,} examples, {loss},"
+            f" {summary['seconds']:.1f} s{resumed}; model in {summary['out_dir']}"
+        )
+    return 0
+
+
 # --- end config + train -------------------------------------------------------
 
 # --- evaluate (owner: evaluate) -----------------------------------------------
@@ -115,7 +240,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_ingest,
+    _add_mine,
     _add_evaluate,
+    _add_config,
+    _add_train,
     # registered subcommands (keep one line each)
 ]
 

@@ -636,7 +636,7 @@ def _similarity_matrix(model: Any, anchors: list[str], positives: list[str], bat
     if not anchors:
         return []
     matrix = encode_texts(model, anchors, batch_size) @ encode_texts(model, positives, batch_size).T
-    return np.round(matrix, 4).tolist()
+    return np.round(matrix.astype(np.float64), 4).tolist()
 
 
 def compare_metrics(

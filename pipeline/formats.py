@@ -338,6 +338,8 @@ def read_jsonl(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.D
     with open_decompressed(path) as stream:
         for chunk in iter_line_chunks(stream, ctx):
             try:
+                # pyarrow's JSON reader does not check UTF-8; a bad byte must not reach a shard.
+                chunk.data.decode("utf-8")
                 table = pa_json.read_json(
                     io.BytesIO(chunk.data),
                     read_options=pa_json.ReadOptions(block_size=max(len(chunk.data), 1 << 20)),
@@ -481,3 +483,53 @@ def reject_null_fields(frame: pl.DataFrame, required: list[str], ctx: ReadContex
                 ctx.reject(row["_line"], f"missing_field:{name}", orjson.dumps(fields, default=str))
             frame = frame.filter(~missing)
     return frame
+
+
+@dataclass(frozen=True)
+class JsonValues:
+    """Parsed lines of a JSON-lines file: ``values[i]`` is the JSON value on line ``lines[i]``."""
+
+    lines: list[int]
+    values: list[Any]
+
+
+def read_json_values(path: Path, ctx: ReadContext) -> Iterator[JsonValues]:
+    """Parse every line of a JSON-lines file as any JSON value (an array, an object, a string...).
+
+    For files whose lines are not all objects of one schema (the 1B-pairs training
+    files mix ``["a", "b"]`` lists with ``{"set": [...]}`` objects), so
+    :func:`read_jsonl`'s Arrow fast path does not apply. One batch per chunk of about
+    ``ctx.chunk_bytes``. Lines that cannot be parsed are rejected into ``ctx``
+    (empty_line, invalid_utf8, malformed_json, line_too_long); what a value means is
+    the caller's business.
+
+    Raises:
+        InputFileError: the archive is truncated or corrupt (batches before the break
+            were already yielded).
+    """
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    with open_decompressed(path) as stream:
+        for chunk in iter_line_chunks(stream, ctx):
+            lines: list[int] = []
+            values: list[Any] = []
+            number = chunk.first_line
+            for raw in chunk.data.split(b"\n")[: chunk.n_lines]:
+                try:
+                    values.append(loads(raw))
+                    lines.append(number)
+                except decode_error:
+                    ctx.reject(number, _json_line_problem(raw), raw)
+                number += 1
+            yield JsonValues(lines, values)
+
+
+def _json_line_problem(raw: bytes) -> str:
+    """Why orjson refused a line: empty, not UTF-8, or not JSON."""
+    if not raw.strip():
+        return "empty_line"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8"
+    return "malformed_json"

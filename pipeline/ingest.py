@@ -311,6 +311,10 @@ def _write_dataset(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
+    if spec.inputs is not None:
+        # A dataset made from some of the inputs owns only their bad rows and failures.
+        stages = [stages[i] for i in spec.inputs]
+        failures = [{"path": s.input["path"], "error": s.failure} for s in stages if s.failure]
     shard_io.remove_stale_shards(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dropped = shard_io.DropTally()
@@ -452,7 +456,7 @@ def ingest(
     out = Path(out_dir)
     done = up_to_date(source, paths, out, config)
     if done is not None:
-        return IngestResult(done, [f for m in done[:1] for f in m["failures"]], skipped=True)
+        return IngestResult(done, _all_failures(done), skipped=True)
     work_dir = out / STAGING_DIR / source
     staged = []
     for index, path in enumerate(tqdm(paths, desc=f"{source}: read", unit="file", disable=not progress)):
@@ -461,8 +465,16 @@ def ingest(
     shutil.rmtree(work_dir, ignore_errors=True)
     if work_dir.parent.exists() and not any(work_dir.parent.iterdir()):
         work_dir.parent.rmdir()
-    failures = manifests[0]["failures"] if manifests else []
-    return IngestResult(manifests, failures)
+    return IngestResult(manifests, _all_failures(manifests))
+
+
+def _all_failures(manifests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The failed inputs named in any manifest, once each (a dataset may own some inputs only)."""
+    failures: dict[str, dict[str, Any]] = {}
+    for manifest in manifests:
+        for failure in manifest["failures"]:
+            failures.setdefault(failure["path"], failure)
+    return list(failures.values())
 
 
 def summary_table(manifests: Sequence[Mapping[str, Any]]) -> str:

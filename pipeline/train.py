@@ -307,7 +307,7 @@ def train_model(
         MultipleNegativesRankingLoss,
     )
 
-    from pipeline.batch_sampler import weighted_sampler_factory
+    from pipeline.batch_sampler import WeightedSamplerFactory
 
     resume_from = _check_resume(checkpoints, run_hash, config)
     torch.manual_seed(config.seed)
@@ -358,7 +358,7 @@ def train_model(
         logging_first_step=True,
         dataloader_num_workers=config.dataloader_num_workers,
         dataloader_drop_last=False,
-        multi_dataset_batch_sampler=weighted_sampler_factory(weights, num_batches=batches_per_epoch),
+        multi_dataset_batch_sampler=WeightedSamplerFactory(weights, num_batches=batches_per_epoch),
         report_to="none",
         disable_tqdm=False,
     )

@@ -273,10 +273,8 @@ def test_heldout_triplets_from_a_corpus_dataset(tiny_corpus: Path) -> None:
         read_heldout_triplets(tiny_corpus / "qa-pairs")
 
 
-def test_whole_evaluation_on_tiny_data(tmp_path: Path, tiny_model_dir: Path, tiny_corpus: Path) -> None:
-    from conftest import build_tiny_model
-
-    baseline_dir = build_tiny_model(tmp_path / "baseline-model", seed=1)
+def test_whole_evaluation_on_tiny_data(tmp_path: Path, tiny_model_dir: Path, base_model_dir: Path, tiny_corpus: Path) -> None:
+    # the real model as baseline: the random tiny model must come out worse than it
     config = EvalConfig(
         stsb=(str(DATA / "sts-sample.csv"),),
         nli=(str(DATA / "nli-sample.jsonl"), str(DATA / "senteval"), str(tiny_corpus / "nested" / "qa-triplets")),
@@ -285,7 +283,7 @@ def test_whole_evaluation_on_tiny_data(tmp_path: Path, tiny_model_dir: Path, tin
         show_progress=False,
     )
     out = tmp_path / "report"
-    report = evaluate_model(tiny_model_dir, baseline_dir, config, out)
+    report = evaluate_model(tiny_model_dir, base_model_dir, config, out)
 
     names = [row["name"] for row in report["metrics"]]
     assert names == [
@@ -298,7 +296,11 @@ def test_whole_evaluation_on_tiny_data(tmp_path: Path, tiny_model_dir: Path, tin
     ]
     for row in report["metrics"]:
         assert row["delta"] == pytest.approx(row["model"] - row["baseline"], abs=2e-6)
-    assert any(row["delta"] != 0 for row in report["metrics"])  # two different random models
+    by_name = {row["name"]: row for row in report["metrics"]}
+    assert by_name["retrieval/qa-pairs/recall@1"]["baseline"] == 1.0  # the real model finds every pair
+    assert by_name["retrieval/qa-pairs/recall@1"]["delta"] < 0
+    assert report["summary"]["verdict"] == "worse"
+    assert "retrieval/qa-pairs/mrr@10" in report["summary"]["regressed"]
     assert report["baseline"]["source"] == "--baseline"
     assert report["benchmarks"]["retrieval"][1] == {
         "name": "qa-pairs",
@@ -323,12 +325,12 @@ def test_whole_evaluation_on_tiny_data(tmp_path: Path, tiny_model_dir: Path, tin
 
     # deterministic: a second run gives the same report bytes and plots
     again = tmp_path / "again"
-    evaluate_model(tiny_model_dir, baseline_dir, config, again)
+    evaluate_model(tiny_model_dir, base_model_dir, config, again)
     for name in ("report.json", "report.md", "metrics.png", "heatmap.png"):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 
-def test_baseline_from_train_config_same_model_scored_once(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_baseline_from_train_config(tmp_path: Path, tiny_model_dir: Path) -> None:
     trained = tmp_path / "trained"
     trained.mkdir()
     for item in tiny_model_dir.iterdir():
@@ -339,7 +341,6 @@ def test_baseline_from_train_config_same_model_scored_once(tmp_path: Path, tiny_
     assert report["baseline"]["source"] == "train_config.json base_model"
     assert report["baseline"]["path"] == str(tiny_model_dir)
     assert report["baseline"]["same_as_model"] is False  # a different folder with the same weights
-    assert report["model"]["fingerprint"] == report["baseline"]["fingerprint"]
     assert [row["delta"] for row in report["metrics"]] == [0.0]
     assert report["summary"]["verdict"] == "same"
 

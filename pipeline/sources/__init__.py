@@ -36,19 +36,32 @@ class DatasetSpec:
         counts_unreadable: whether unreadable rows of the input count as units of
             this dataset (a bad line is a lost line, but not a lost citation edge).
         with_negative: whether rows carry a ``negative`` column.
+        inputs: positions in the input list of the files this dataset is made from
+            (a source writing one dataset per file); only their unreadable rows,
+            quarantine and failures are the dataset's. None: all inputs.
     """
 
     name: str
     unit: str
     counts_unreadable: bool = True
     with_negative: bool = False
+    inputs: tuple[int, ...] | None = None
 
 
 # Imported after DatasetSpec: the source modules use it.
 from pipeline.sources import nli  # noqa: E402
+from pipeline.sources import s2orc  # noqa: E402
+from pipeline.sources import specter  # noqa: E402
+from pipeline.sources import reddit  # noqa: E402
+from pipeline.sources import pairs, qqp  # noqa: E402
 
 SOURCES: dict[str, ModuleType] = {
     "nli": nli,
+    "s2orc": s2orc,
+    "specter": specter,
+    "reddit": reddit,
+    "qqp": qqp,
+    "pairs": pairs,
 }
 
 

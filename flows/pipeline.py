@@ -1,0 +1,176 @@
+"""The parent flow ``pairforge-pipeline``: raw files in; corpus, model and report out.
+
+In: ``sources`` (``[{"source", "inputs"}]``), an output folder, config overrides per
+stage, and optionally the deployments to trigger for training and evaluation. Out,
+under ``out_dir``: ``corpus/`` (datasets, mined datasets, ``data_config.json``,
+``build.json``), ``model/``, ``eval/``, the artifacts of every stage, a progress
+artifact, and a summary dict (datasets and rows, negatives mined, the config written,
+training steps, the evaluation table, where everything is).
+
+Stages run in order: build-corpus, mine-negatives, write-config, then training and
+evaluation. With ``train_deployment`` / ``evaluate_deployment`` set (a work pool
+configured, e.g. ``pairforge-train/gpu``), those run as deployment runs on their
+pools via ``run_deployment``, linked to this run as subflows; without them (the
+embedded default) they run in-process. Every worker must then see ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as current_flow_run
+from prefect.tasks import exponential_backoff
+
+from flows.artifacts import Progress
+from flows.build_corpus import build_corpus, corpus_paths, mine_corpus, pair_datasets, write_config
+from flows.evaluate import evaluate
+from flows.train import train
+
+BUILD_SPEC_NAME = "build.json"
+MODEL_DIR = "model"
+REPORT_DIR = "eval"
+StopAfter = Literal["config", "train", "evaluate"]
+
+
+class DeploymentRunFailed(RuntimeError):
+    """A triggered deployment run ended in a state other than Completed (not retried)."""
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    # Retry API and network trouble while triggering or polling; a deployment run
+    # that itself failed is not transient and is not triggered again.
+    return not isinstance(getattr(state, "data", None), DeploymentRunFailed)
+
+
+@task(
+    name="run-deployment",
+    task_run_name="run-{name}",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_condition_fn=_retry_transient,
+)
+def run_stage_deployment(name: str, parameters: dict[str, Any], idempotency_key: str) -> str:
+    """Run deployment ``name`` (``flow/deployment``), wait for it, return its flow run id.
+
+    The idempotency key makes a retry of this task find the run it already created
+    instead of starting a second training.
+
+    Raises:
+        DeploymentRunFailed: the deployment run did not complete.
+    """
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(name=name, parameters=parameters, idempotency_key=idempotency_key, as_subflow=True)
+    if run.state is None or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        raise DeploymentRunFailed(f"deployment run {run.name} ({run.id}) of {name} ended {state}")
+    get_run_logger().info("deployment run %s of %s completed", run.name, name)
+    return str(run.id)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing after its stage completed")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _train_stage(paths: dict[str, Path], model_dir: Path, options: dict[str, Any] | None, deployment: str | None) -> dict[str, Any]:
+    parameters = {"corpus_dir": str(paths["corpus"]), "data_config": str(paths["data_config"]), "model_dir": str(model_dir), "options": options}
+    if deployment is None:
+        return train(**parameters)
+    run_stage_deployment(deployment, parameters, f"{current_flow_run.id}-train")
+    from pipeline.train import TRAIN_CONFIG_NAME
+
+    return _read_json(model_dir / TRAIN_CONFIG_NAME)["result"] | {"out_dir": str(model_dir), "deployment": deployment}
+
+
+def _evaluate_stage(paths: dict[str, Path], model_dir: Path, report_dir: Path, options: dict[str, Any] | None, deployment: str | None) -> dict[str, Any]:
+    parameters = {"model_dir": str(model_dir), "report_dir": str(report_dir), "corpus_dir": str(paths["corpus"]), "options": options}
+    if deployment is None:
+        return evaluate(**parameters)
+    run_stage_deployment(deployment, parameters, f"{current_flow_run.id}-evaluate")
+    from pipeline.evaluate import REPORT_NAME
+
+    return _read_json(report_dir / REPORT_NAME)
+
+
+@flow(name="pairforge-pipeline", log_prints=True)
+def pairforge_pipeline(
+    sources: list[dict[str, Any]],
+    out_dir: str = "out",
+    ingest: dict[str, Any] | None = None,
+    mining: dict[str, Any] | None = None,
+    mine: list[str] | None = None,
+    policy: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    train_deployment: str | None = None,
+    evaluate_deployment: str | None = None,
+    stop_after: StopAfter = "evaluate",
+) -> dict[str, Any]:
+    """Build the corpus, mine negatives, write data_config.json, train, evaluate.
+
+    Args:
+        sources: ``[{"source": "nli", "inputs": ["a.jsonl"]}, ...]``.
+        out_dir: the output root.
+        ingest: :class:`pipeline.ingest.IngestConfig` overrides.
+        mining: :class:`pipeline.mining.MiningConfig` overrides.
+        mine: names of the datasets to mine; None for every ingested pair dataset.
+        policy: :class:`pipeline.sampling.WeightPolicy` overrides.
+        training: :class:`pipeline.train.TrainConfig` overrides.
+        evaluation: :class:`pipeline.evaluate.EvalConfig` overrides (``stsb``, ``nli``...).
+        train_deployment: run training as this deployment (e.g. ``pairforge-train/gpu``).
+        evaluate_deployment: run evaluation as this deployment (e.g. ``pairforge-evaluate/cpu``).
+        stop_after: the last stage to run: ``config`` (corpus only), ``train`` or ``evaluate``.
+
+    Returns:
+        The run's summary (see the module docstring).
+    """
+    from pipeline.shards import atomic_write_json
+
+    logger = get_run_logger()
+    paths = corpus_paths(out_dir)
+    out = paths["out"]
+    model_dir, report_dir = out / MODEL_DIR, out / REPORT_DIR
+    stages = ["ingest", "mine", "config", "train", "evaluate"]
+    stages = stages[: stages.index(stop_after) + 1]
+    progress = Progress(stages)
+
+    datasets = build_corpus(sources, str(out), ingest)
+    progress.advance("ingest")
+    mined = mine_corpus(str(out), pair_datasets(datasets) if mine is None else mine, mining)
+    progress.advance("mine")
+    entries = write_config(str(out), policy)
+    # What verify needs to rebuild this corpus: the inputs and every corpus config.
+    atomic_write_json(
+        paths["corpus"] / BUILD_SPEC_NAME,
+        {"sources": sources, "ingest": ingest or {}, "mining": mining or {}, "mine": mine, "policy": policy or {}},
+    )
+    progress.advance("config")
+
+    summary: dict[str, Any] = {
+        "out_dir": str(out),
+        "corpus_dir": str(paths["corpus"]),
+        "data_config": str(paths["data_config"]),
+        "datasets": {m["dataset"]: {k: m[k] for k in ("rows_read", "rows_kept", "rows_train", "rows_heldout")} for m in datasets},
+        "mined": {m["dataset"]: {"rows_kept": m["rows_kept"], "columns": m["columns"]} for m in mined},
+        "config_entries": entries,
+    }
+    if stop_after in ("train", "evaluate"):
+        summary["train"] = _train_stage(paths, model_dir, training, train_deployment)
+        summary["model_dir"] = str(model_dir)
+        progress.advance("train")
+    if stop_after == "evaluate":
+        from pipeline.report import report_markdown
+
+        report = _evaluate_stage(paths, model_dir, report_dir, evaluation, evaluate_deployment)
+        summary["report_dir"] = str(report_dir)
+        summary["evaluation"] = {"verdict": report["summary"]["verdict"], "markdown": report_markdown(report)}
+        progress.advance("evaluate")
+    logger.info("pipeline finished: %d datasets, %d mined, config %s", len(datasets), len(mined), paths["data_config"])
+    return summary

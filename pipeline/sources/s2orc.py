@@ -1,0 +1,167 @@
+"""S2ORC: the metadata JSON lines of the Semantic Scholar Open Research Corpus.
+
+In: S2ORC metadata files (``metadata_*.jsonl``, plain, ``.gz`` or ``.zst``), one paper a
+line with ``paper_id`` (a string), ``title``, ``abstract`` (often null) and
+``outbound_citations`` (a list of paper id strings); other fields are ignored. Out:
+two datasets.
+
+* ``s2orc-title-abstract`` (unit: a paper line): (title, abstract), anchor = title as
+  in the 1B-pairs project's ``S2ORC_title_abstract``. Id = ``paper_id``. A paper
+  without an abstract is dropped as ``no_abstract``, without a title as ``no_title``;
+  a second line with an id already seen as ``duplicate_paper_id``.
+* ``s2orc-citations`` (unit: a citation edge, one entry of a paper's
+  ``outbound_citations``): (citing abstract, cited abstract), kept when the cited
+  paper is one of the input papers and both have an abstract (the 1B project's
+  ``S2ORC_citation_pairs_abstract``). Id = ``<citing>-><cited>``. Drop reasons, the
+  first that fires: ``cited_id_missing`` (a null in the list), ``duplicate_citation``
+  (an edge listed again, by the same paper or by a repeated paper line),
+  ``self_citation``, ``cited_paper_not_in_input``, ``citing_abstract_missing``,
+  ``cited_abstract_missing``. A line that cannot be read is not counted in this
+  dataset (``counts_unreadable=False``): its edges cannot be counted when the line
+  cannot be parsed; it is counted and quarantined in ``s2orc-title-abstract``.
+
+Only citations between papers of the input count, so the citation pairs grow with
+the share of the corpus given: a sample of a few papers gives almost none.
+The join is done by polars on the staged rows (explode + left join on the paper id),
+never in Python dictionaries, so it scales to the full corpus on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import polars as pl
+import pyarrow as pa
+
+from pipeline.formats import ReadContext, read_jsonl, reject_null_fields
+from pipeline.sources import DatasetSpec
+
+NAME = "s2orc"
+TITLE_ABSTRACT = "s2orc-title-abstract"
+CITATIONS = "s2orc-citations"
+_JSON_SCHEMA = pa.schema(
+    [
+        ("paper_id", pa.string()),
+        ("title", pa.string()),
+        ("abstract", pa.string()),
+        ("outbound_citations", pa.list_(pa.string())),
+    ]
+)
+_NULL_REASON = pl.lit(None, dtype=pl.String)
+
+
+@dataclass(frozen=True)
+class Options:
+    """S2ORC has no options of its own yet."""
+
+
+def dataset_specs(inputs: list[Path], options: Options) -> list[DatasetSpec]:
+    return [
+        DatasetSpec(TITLE_ABSTRACT, unit="line"),
+        DatasetSpec(CITATIONS, unit="citation edge", counts_unreadable=False),
+    ]
+
+
+def stage_file(path: Path, ctx: ReadContext, options: Options) -> Iterator[pl.DataFrame]:
+    """Yield (paper_id, title, abstract, outbound_citations, _line) rows of one metadata file.
+
+    A line without a ``paper_id`` is quarantined (``missing_field:paper_id``); a null
+    title or abstract is kept (it is a drop reason later, not an unreadable line).
+    """
+    for batch in read_jsonl(path, _JSON_SCHEMA, ctx):
+        batch = reject_null_fields(batch, ["paper_id"], ctx)
+        yield batch.select(
+            "paper_id",
+            "title",
+            "abstract",
+            pl.col("outbound_citations").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+            "_line",
+        )
+
+
+def _is_blank(column: str) -> pl.Expr:
+    return pl.col(column).is_null() | (pl.col(column).str.strip_chars() == "")
+
+
+def _in_input_order(frame: pl.LazyFrame, *extra: str) -> pl.LazyFrame:
+    return frame.sort(["_file_index", "_line", *extra], maintain_order=True)
+
+
+def title_abstract_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per paper line: (title, abstract) or the reason it gives no pair."""
+    papers = _in_input_order(staged).with_columns(pl.col("paper_id").is_first_distinct().alias("_first"))
+    return papers.select(
+        pl.col("title").alias("anchor"),
+        pl.col("abstract").alias("positive"),
+        pl.col("paper_id").alias("id"),
+        "source_file",
+        pl.col("_line").alias("source_line"),
+        "_file_index",
+        pl.when(~pl.col("_first"))
+        .then(pl.lit("duplicate_paper_id"))
+        .when(_is_blank("title"))
+        .then(pl.lit("no_title"))
+        .when(_is_blank("abstract"))
+        .then(pl.lit("no_abstract"))
+        .otherwise(_NULL_REASON)
+        .alias("drop_reason"),
+    )
+
+
+def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per citation edge: (citing abstract, cited abstract) or the reason it gives no pair.
+
+    The cited paper is looked up by a left join on its id against the first line of
+    each paper id, so a repeated paper line cannot multiply edges.
+    """
+    abstracts = (
+        _in_input_order(staged.select("paper_id", "abstract", "_file_index", "_line"))
+        .unique(subset="paper_id", keep="first", maintain_order=True)
+        .select(pl.col("paper_id").alias("cited_id"), pl.col("abstract").alias("cited_abstract"), pl.lit(True).alias("_cited_found"))
+    )
+    edges = (
+        staged.select(
+            pl.col("paper_id").alias("citing_id"),
+            pl.col("abstract").alias("citing_abstract"),
+            pl.col("outbound_citations").alias("cited_id"),
+            pl.int_ranges(0, pl.col("outbound_citations").list.len()).alias("_position"),
+            "source_file",
+            "_line",
+            "_file_index",
+        )
+        .filter(pl.col("cited_id").list.len() > 0)
+        .explode(["cited_id", "_position"])
+    )
+    edges = _in_input_order(edges, "_position").with_columns(
+        pl.format("{}->{}", pl.col("citing_id"), pl.coalesce(pl.col("cited_id"), pl.lit("null"))).alias("id")
+    )
+    edges = edges.with_columns(pl.col("id").is_first_distinct().alias("_first"))
+    joined = edges.join(abstracts, on="cited_id", how="left", maintain_order="left")
+    return joined.select(
+        pl.col("citing_abstract").alias("anchor"),
+        pl.col("cited_abstract").alias("positive"),
+        "id",
+        "source_file",
+        pl.col("_line").alias("source_line"),
+        "_file_index",
+        pl.when(pl.col("cited_id").is_null())
+        .then(pl.lit("cited_id_missing"))
+        .when(~pl.col("_first"))
+        .then(pl.lit("duplicate_citation"))
+        .when(pl.col("cited_id") == pl.col("citing_id"))
+        .then(pl.lit("self_citation"))
+        .when(pl.col("_cited_found").is_null())
+        .then(pl.lit("cited_paper_not_in_input"))
+        .when(_is_blank("citing_abstract"))
+        .then(pl.lit("citing_abstract_missing"))
+        .when(_is_blank("cited_abstract"))
+        .then(pl.lit("cited_abstract_missing"))
+        .otherwise(_NULL_REASON)
+        .alias("drop_reason"),
+    )
+
+
+def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.LazyFrame]:
+    return {TITLE_ABSTRACT: title_abstract_pairs(staged), CITATIONS: citation_pairs(staged)}

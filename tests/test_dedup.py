@@ -1,0 +1,46 @@
+"""Exact dedup by hash partitions, and MinHash near-dedup."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
+
+
+@pytest.mark.parametrize("n_buckets", [1, 4, 64])
+def test_keep_mask_keeps_first_occurrence_in_row_order(n_buckets: int) -> None:
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 50, size=1000).astype(np.uint64)
+    dedup = ExactDeduplicator(n_buckets=n_buckets)
+    for start in range(0, 1000, 137):  # batches of uneven size
+        part = keys[start : start + 137]
+        dedup.add(part * np.uint64(0x9E3779B97F4A7C15), part)
+    keep = dedup.keep_mask()
+    expected = np.zeros(1000, dtype=bool)
+    seen = set()
+    for i, k in enumerate(keys.tolist()):
+        if k not in seen:
+            seen.add(k)
+            expected[i] = True
+    assert (keep == expected).all()
+
+
+def test_rows_equal_in_first_hash_half_only_are_not_duplicates() -> None:
+    dedup = ExactDeduplicator(n_buckets=2)
+    dedup.add(np.array([7, 7], dtype=np.uint64), np.array([1, 2], dtype=np.uint64))
+    assert dedup.keep_mask().tolist() == [True, True]
+
+
+def test_bucket_count_must_be_a_power_of_two() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        ExactDeduplicator(n_buckets=3)
+
+
+def test_near_duplicates_are_dropped_and_distinct_texts_kept() -> None:
+    base = "how do i learn to play the guitar quickly as an adult beginner"
+    texts = [base, base + "?", "what is the capital city of australia and why was it chosen", base + "!!"]
+    mask = NearDuplicateFilter(threshold=0.8).keep(texts[:2])
+    assert mask.tolist() == [True, False]
+    # State carries across calls: a later batch is checked against earlier ones.
+    assert NearDuplicateFilter(threshold=0.8).keep(texts).tolist() == [True, False, True, False]

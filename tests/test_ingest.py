@@ -1,0 +1,193 @@
+"""The ingest contract: bad input, accounting, determinism, resume, skip, loadability."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import zstandard
+
+from pipeline.cli import main as cli_main
+from pipeline.ingest import IngestConfig, heldout_mask, ingest
+from pipeline.shards import check_accounting, read_manifest
+
+GOOD = {"sentence1": "A man plays a guitar on stage.", "sentence2": "A person makes music.", "gold_label": "entailment", "pairID": "p"}
+
+
+def snli_line(i: int, **overrides) -> bytes:
+    row = dict(GOOD, sentence2=f"A person makes music number {i}.", pairID=f"p{i}")
+    row.update(overrides)
+    return json.dumps(row).encode()
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+BAD_LINES = {
+    "malformed_json": b'{"sentence1": "broken',
+    "invalid_utf8": b'{"sentence1": "caf\xe9", "sentence2": "x y", "gold_label": "entailment"}',
+    "missing_field:sentence2": json.dumps({"sentence1": "Only one side.", "gold_label": "entailment"}).encode(),
+    "wrong_type:sentence1": json.dumps({"sentence1": 42, "sentence2": "A number.", "gold_label": "entailment"}).encode(),
+    "not_a_json_object": b'["a", "list"]',
+    "line_too_long": json.dumps({"sentence1": "x" * (10 * 1024 * 1024), "sentence2": "big", "gold_label": "entailment"}).encode(),
+    "empty_line": b"",
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_LINES))
+def test_a_bad_line_is_quarantined_and_the_run_goes_on(tmp_path: Path, reason: str) -> None:
+    path = tmp_path / "snli.jsonl"
+    path.write_bytes(b"\n".join([snli_line(1), BAD_LINES[reason], snli_line(2)]) + b"\n")
+    code = cli_main(["ingest", "nli", str(path), "--out", str(tmp_path / "out"), "--quiet", "--heldout-fraction", "0"])
+    assert code == 0
+    manifest = read_manifest(tmp_path / "out" / "nli-pairs")
+    assert manifest["rows_read"] == 3
+    assert manifest["rows_kept"] == 2
+    assert manifest["dropped"] == {reason: 1}
+    quarantine = [json.loads(l) for l in (tmp_path / "out" / "nli-pairs" / "quarantine.jsonl").read_text().splitlines()]
+    assert [(q["file"], q["line"], q["reason"]) for q in quarantine] == [(str(path), 2, reason)]
+    assert len(quarantine[0]["head"]) <= 200
+
+
+def test_crlf_endings_and_a_bom_are_read_as_ordinary_lines(tmp_path: Path) -> None:
+    path = tmp_path / "snli.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(snli_line(i) for i in range(3)) + b"\r\n")
+    result = ingest("nli", [path], tmp_path / "out", IngestConfig(heldout_fraction=0), progress=False)
+    pairs = result.manifests[0]
+    assert (pairs["rows_read"], pairs["rows_kept"], pairs["dropped"]) == (3, 3, {})
+    frame = pl.read_parquet(tmp_path / "out" / "nli-pairs" / "part-00000.parquet")
+    assert frame["source_line"].to_list() == [1, 2, 3]
+    assert not any("\r" in t for t in frame["positive"])
+
+
+def test_an_empty_file_gives_an_empty_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(b"")
+    manifests = ingest("nli", [path], tmp_path / "out", progress=False).manifests
+    assert [(m["rows_read"], m["rows_kept"], m["shards"]) for m in manifests] == [(0, 0, []), (0, 0, [])]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.gz"])
+def test_a_truncated_archive_fails_clearly_and_other_inputs_complete(tmp_path: Path, suffix: str, capsys) -> None:
+    body = b"\n".join(snli_line(i) for i in range(5000)) + b"\n"
+    compressed = zstandard.ZstdCompressor().compress(body) if suffix.endswith("zst") else gzip.compress(body)
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes(compressed[: len(compressed) // 2])
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(b"\n".join(snli_line(i) for i in range(10_000, 10_010)))
+    code = cli_main(["ingest", "nli", str(broken), str(good), "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert str(broken) in err and "truncated" in err
+    manifest = read_manifest(tmp_path / "out" / "nli-pairs")
+    assert [f["path"] for f in manifest["failures"]] == [str(broken)]
+    assert str(broken) in manifest["failures"][0]["error"]
+    kept = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "out" / "nli-pairs").rglob("part-*.parquet"))])
+    assert set(kept.filter(pl.col("source_file") == str(good))["id"]) == {f"p{i}" for i in range(10_000, 10_010)}
+    check_accounting(manifest)
+
+
+def test_zstd_archive_with_a_2gib_window_reads_whole(tmp_path: Path) -> None:
+    body = b"\n".join(snli_line(i) for i in range(300)) + b"\n"
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=31)
+    path = tmp_path / "long.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor(compression_params=params).compress(body))
+    manifest = ingest("nli", [path], tmp_path / "out", progress=False).manifests[0]
+    assert manifest["rows_read"] == 300 and manifest["failures"] == []
+
+
+def test_exact_duplicates_are_removed_across_files_after_cleaning(tmp_path: Path) -> None:
+    a = tmp_path / "a.jsonl"
+    b = tmp_path / "b.jsonl"
+    a.write_bytes(snli_line(1) + b"\n" + snli_line(2))
+    # Same pair as a's first line once cleaned: extra spaces and an entity.
+    b.write_bytes(snli_line(1, sentence1="A man plays a guitar  on stage.", pairID="other") + b"\n" + snli_line(3))
+    manifest = ingest("nli", [a, b], tmp_path / "out", IngestConfig(heldout_fraction=0), progress=False).manifests[0]
+    assert manifest["dropped"] == {"duplicate": 1}
+    frame = pl.read_parquet(tmp_path / "out" / "nli-pairs" / "part-00000.parquet")
+    assert frame["id"].to_list() == ["p1", "p2", "p3"]
+
+
+def test_rebuilds_are_byte_identical_and_a_second_run_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"\n".join(snli_line(i) for i in range(200)))
+    config = IngestConfig(rows_per_shard=50)
+    first = ingest("nli", [path], tmp_path / "one", config, progress=False)
+    second = ingest("nli", [path], tmp_path / "two", config, progress=False)
+    assert not first.skipped and not second.skipped
+    assert tree_hashes(tmp_path / "one") == tree_hashes(tmp_path / "two")
+    assert len(list((tmp_path / "one" / "nli-pairs").glob("part-*.parquet"))) >= 3
+    assert ingest("nli", [path], tmp_path / "one", config, progress=False).skipped
+
+
+def test_a_run_killed_before_its_manifest_resumes_to_the_same_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"\n".join(snli_line(i) for i in range(100)))
+    ingest("nli", [path], tmp_path / "clean", progress=False)
+    ingest("nli", [path], tmp_path / "killed", progress=False)
+    # What a kill after the shards but before the manifest leaves behind.
+    (tmp_path / "killed" / "nli-triplets" / "manifest.json").unlink()
+    (tmp_path / "killed" / "nli-triplets" / ".part-00009.parquet.tmp-1").write_bytes(b"partial")
+    assert not ingest("nli", [path], tmp_path / "killed", progress=False).skipped
+    assert tree_hashes(tmp_path / "killed") == tree_hashes(tmp_path / "clean")
+
+
+def test_a_changed_input_is_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"\n".join(snli_line(i) for i in range(10)))
+    ingest("nli", [path], tmp_path / "out", progress=False)
+    path.write_bytes(b"\n".join(snli_line(i) for i in range(12)))
+    result = ingest("nli", [path], tmp_path / "out", progress=False)
+    assert not result.skipped and result.manifests[0]["rows_read"] == 12
+
+
+def test_heldout_split_is_a_pure_function_of_the_id() -> None:
+    ids = [f"id-{i}" for i in range(20_000)]
+    mask = heldout_mask(ids, 0.05)
+    assert 0.04 < mask.mean() < 0.06
+    assert (heldout_mask(ids[::-1], 0.05)[::-1] == mask).all()
+    assert not heldout_mask(ids, 0.0).any()
+
+
+def test_shards_load_with_datasets_and_polars(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    contradiction = snli_line(99, sentence2="Nobody is on stage.", gold_label="contradiction")
+    path.write_bytes(b"\n".join([*(snli_line(i) for i in range(30)), contradiction]))
+    ingest("nli", [path], tmp_path / "out", IngestConfig(heldout_fraction=0), progress=False)
+    from datasets import load_dataset
+
+    files = str(tmp_path / "out" / "nli-triplets" / "part-*.parquet")
+    loaded = load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
+    assert loaded.column_names[:2] == ["anchor", "positive"]
+    assert pl.scan_parquet(files).collect().columns[:3] == ["anchor", "positive", "negative"]
+
+
+def test_unknown_source_and_missing_input_are_usage_errors(tmp_path: Path, capsys) -> None:
+    assert cli_main(["ingest", "nli", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
+    assert cli_main(["ingest", "nli", str(tmp_path), "--out", str(tmp_path / "o"), "-o", "bogus=1"]) == 2
+    assert "no option bogus" in capsys.readouterr().err
+
+
+def test_the_library_never_imports_prefect() -> None:
+    code = (
+        "import sys; sys.modules['prefect'] = None\n"
+        "import pkgutil, importlib, pipeline\n"
+        "for m in pkgutil.walk_packages(pipeline.__path__, 'pipeline.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -1,0 +1,359 @@
+"""Tests of hard-negative mining: selection rules, the guard, the cache, the whole step.
+
+Selection is tested on hand-made candidate scores; the whole step on small dataset
+folders written with ShardWriter from tests/data/mining/ and the tiny random model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.embedding_cache import EmbeddingCache, text_keys
+from pipeline.mining import MiningConfig, mine_negatives, search_candidates, select_negatives
+from pipeline.records import arrow_schema
+from pipeline.shards import ShardWriter, atomic_write_json, check_accounting, config_hash, file_sha256
+
+DATA = Path(__file__).resolve().parent / "data" / "mining"
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def write_dataset(folder: Path, pairs: list[dict], heldout: list[dict] | None = None) -> Path:
+    """A dataset folder as ingest writes it: train shards, optional heldout, manifest last."""
+
+    def frame(rows: list[dict], prefix: str) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "anchor": [r["anchor"] for r in rows],
+                "positive": [r["positive"] for r in rows],
+                "id": [f"{prefix}-{i}" for i in range(len(rows))],
+                "source_file": ["pairs.jsonl"] * len(rows),
+                "source_line": list(range(1, len(rows) + 1)),
+            },
+            schema={"anchor": pl.String, "positive": pl.String, "id": pl.String, "source_file": pl.String, "source_line": pl.Int64},
+        )
+
+    shards = []
+    with ShardWriter(folder, arrow_schema(False), rows_per_shard=8) as writer:
+        writer.write(frame(pairs, "t"))
+    shards += writer.shards
+    if heldout:
+        with ShardWriter(folder, arrow_schema(False), prefix="heldout") as held:
+            held.write(frame(heldout, "h"))
+        shards += held.shards
+    config = {"source": "test", "heldout_fraction": 0.05}
+    atomic_write_json(
+        folder / "manifest.json",
+        {
+            "dataset": folder.name, "source": "test", "stage": "ingest", "unit": "line",
+            "rows_read": len(pairs) + len(heldout or []), "rows_kept": len(pairs) + len(heldout or []),
+            "rows_train": len(pairs), "rows_heldout": len(heldout or []), "dropped": {},
+            "columns": arrow_schema(False).names, "shards": [s.as_dict() for s in shards],
+            "config": config, "config_hash": config_hash(config),
+        },
+    )
+    return folder
+
+
+def load_jsonl(name: str) -> list[dict]:
+    return [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture
+def pairs_dataset(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "pairs", load_jsonl("pairs.jsonl"), heldout=load_jsonl("heldout.jsonl"))
+
+
+def read_rows(folder: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in sorted(folder.glob("part-*.parquet"))])
+
+
+def select(scores, tids, config, *, anchor_tids=(0,), pair_anchor=(0,), pos_tids=(1,), pos_scores=(0.9,), groups=None, range_max=None):
+    """select_negatives on one or more anchors with hand-made candidates."""
+    tids = np.asarray(tids, dtype=np.int64)
+    n_texts = int(max(tids.max(), max(pos_tids), max(anchor_tids))) + 1
+    groups = np.arange(n_texts, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    return select_negatives(
+        tids, np.asarray(scores, dtype=np.float32), np.asarray(anchor_tids), np.asarray(pair_anchor),
+        np.asarray(pos_tids, dtype=np.int64), np.asarray(pos_scores, dtype=np.float32), groups, config,
+        range_max if range_max is not None else tids.shape[1],
+    )
+
+
+# --- selection rules ----------------------------------------------------------------
+
+
+def test_top_takes_best_candidates_in_score_order():
+    sel = select([[0.8, 0.7, 0.6, 0.5]], [[2, 3, 4, 5]], MiningConfig(num_negatives=2))
+    assert sel.tids.tolist() == [[2, 3]]
+    assert sel.scores[0].tolist() == pytest.approx([0.8, 0.7])
+
+
+def test_guard_rejects_positive_and_texts_equal_to_anchor_or_positive():
+    # text 0 = anchor, 1 = positive; 6 equals the anchor and 7 the positive after case folding.
+    groups = [0, 1, 2, 3, 4, 5, 0, 1]
+    sel = select([[0.99, 0.95, 0.9, 0.5, 0.4]], [[1, 6, 7, 3, 4]], MiningConfig(num_negatives=1), groups=groups)
+    assert sel.tids.tolist() == [[3]]
+    assert sel.skipped["is_positive"] == 1
+    assert sel.skipped["equals_anchor"] == 1
+    assert sel.skipped["equals_positive"] == 1
+
+
+def test_multiple_positives_all_excluded_and_margin_uses_lowest_positive():
+    # anchor 0 with positives 1 (0.9) and 2 (0.6): neither is a negative, margin from 0.6.
+    config = MiningConfig(num_negatives=1, absolute_margin=0.1)
+    sel = select(
+        [[0.9, 0.6, 0.55, 0.5, 0.3]], [[1, 2, 3, 4, 5]], config,
+        pair_anchor=(0, 0), pos_tids=(1, 2), pos_scores=(0.9, 0.6),
+    )
+    assert sel.skipped["is_positive"] == 2
+    assert sel.skipped["absolute_margin"] == 1  # 0.55 + 0.1 > 0.6
+    assert sel.tids.tolist() == [[4]]  # 0.5 + 0.1 <= 0.6
+
+
+@pytest.mark.parametrize(
+    ("positive", "margin", "scores", "expected_kept"),
+    [
+        (0.5, 0.2, [0.35, 0.3, 0.25], [0.3, 0.25]),  # score <= 0.3
+        (-0.2, 0.1, [-0.25, -0.3, -0.35], [-0.3, -0.35]),  # score <= -0.3 with a negative positive score
+    ],
+)
+def test_absolute_margin_arithmetic(positive, margin, scores, expected_kept):
+    sel = select([scores], [[2, 3, 4]], MiningConfig(num_negatives=3, absolute_margin=margin), pos_scores=(positive,))
+    kept = [s for s in sel.scores[0].tolist() if np.isfinite(s)]
+    assert kept == pytest.approx(expected_kept)
+
+
+@pytest.mark.parametrize(
+    ("positive", "margin", "scores", "expected_kept"),
+    [
+        (0.8, 0.25, [0.7, 0.6, 0.5], [0.6, 0.5]),  # threshold 0.8 - 0.2 = 0.6
+        (-0.4, 0.5, [-0.5, -0.6, -0.7], [-0.6, -0.7]),  # threshold -0.4 - 0.2 = -0.6, not -0.4 * 0.5 = -0.2
+    ],
+)
+def test_relative_margin_arithmetic_including_negative_scores(positive, margin, scores, expected_kept):
+    sel = select([scores], [[2, 3, 4]], MiningConfig(num_negatives=3, relative_margin=margin), pos_scores=(positive,))
+    kept = [s for s in sel.scores[0].tolist() if np.isfinite(s)]
+    assert kept == pytest.approx(expected_kept)
+    assert sel.skipped["relative_margin"] == 1
+
+
+def test_max_and_min_score():
+    config = MiningConfig(num_negatives=3, max_score=0.7, min_score=0.2)
+    sel = select([[0.8, 0.6, 0.3, 0.1]], [[2, 3, 4, 5]], config)
+    assert sel.tids.tolist() == [[3, 4, -1]]
+    assert sel.skipped["max_score"] == 1 and sel.skipped["min_score"] == 1
+    assert sel.counts.tolist() == [2]
+
+
+def test_range_min_and_range_max_are_ranks_among_survivors():
+    # the positive (rank 0 of retrieval) does not use up range_min.
+    config = MiningConfig(num_negatives=2, range_min=1)
+    sel = select([[0.95, 0.9, 0.8, 0.7, 0.6]], [[1, 2, 3, 4, 5]], config, range_max=3)
+    assert sel.tids.tolist() == [[3, 4]]
+    assert sel.skipped["range_min"] == 1
+    assert sel.beyond_range_max == 1
+
+
+def test_random_sampling_stays_in_range_is_seeded_and_sorted():
+    candidates = [list(range(2, 22))]
+    scores = [list(np.linspace(0.9, 0.1, 20))]
+    picks = {}
+    for seed in (0, 0, 1, 2):
+        config = MiningConfig(num_negatives=3, sampling_strategy="random", seed=seed, range_min=2)
+        sel = select(scores, candidates, config, range_max=12)
+        chosen = sel.tids[0].tolist()
+        assert all(4 <= t < 14 for t in chosen)  # ranks 2..11
+        assert sel.scores[0].tolist() == sorted(sel.scores[0].tolist(), reverse=True)
+        picks.setdefault(seed, []).append(chosen)
+    assert picks[0][0] == picks[0][1]
+    assert len({tuple(p[0]) for p in picks.values()}) > 1
+
+
+def test_anchor_with_no_candidate_left_gets_none():
+    sel = select([[0.9, 0.8]], [[1, -1]], MiningConfig(num_negatives=1))
+    assert sel.counts.tolist() == [0] and sel.tids.tolist() == [[-1]]
+
+
+def test_config_rejects_impossible_range():
+    with pytest.raises(ValueError, match="cannot mine 3 negatives"):
+        MiningConfig(num_negatives=3, range_min=2, range_max=4)
+
+
+# --- the index ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_indexes_agree_with_exact_search_on_small_data(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    corpus_rows, query_rows = np.arange(100, 300), np.arange(0, 100)
+    config = MiningConfig(index=kind, nlist=8, nprobe=8)  # nprobe = nlist: IVF is exact
+    scores, positions, info = search_candidates(vectors, corpus_rows, query_rows, 5, config, tmp_path, progress=False)
+    exact = vectors[query_rows] @ vectors[corpus_rows].T
+    expected = np.argsort(-exact, axis=1, kind="stable")[:, :5]
+    assert info["kind"] == kind
+    agree = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(positions.tolist(), expected.tolist())])
+    assert agree >= (1.0 if kind != "hnsw" else 0.95)
+    assert np.allclose(scores, np.take_along_axis(exact, positions, axis=1), atol=1e-5)
+
+
+def test_search_pads_when_corpus_smaller_than_k(tmp_path):
+    vectors = np.eye(4, dtype=np.float32)
+    scores, positions, _ = search_candidates(vectors, np.arange(2), np.arange(2, 4), 5, MiningConfig(), tmp_path, progress=False)
+    assert positions.shape == (2, 5)
+    assert (positions[:, 2:] == -1).all() and np.isneginf(scores[:, 2:]).all()
+
+
+# --- the cache ----------------------------------------------------------------------
+
+
+def test_cache_roundtrip_and_corrupt_entry_is_detected(tmp_path):
+    cache = EmbeddingCache(tmp_path, "f" * 64, dim=4)
+    keys = text_keys(["a", "b", "c"])
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    cache.append(keys, vectors)
+    out = np.zeros((3, 4), dtype=np.float32)
+    assert EmbeddingCache(tmp_path, "f" * 64).read_into(keys, out, np.arange(3)).all()
+    assert np.array_equal(out, vectors)
+
+    segment = next(cache.folder.glob("*.vectors.npy"))
+    raw = bytearray(segment.read_bytes())
+    raw[-4:] = np.float32(123.0).tobytes()  # the last row's last value changes
+    segment.write_bytes(bytes(raw))
+    reopened = EmbeddingCache(tmp_path, "f" * 64)
+    found = reopened.read_into(keys, np.zeros((3, 4), dtype=np.float32), np.arange(3))
+    assert found.tolist() == [True, True, False]
+    # the corrupt entry is retired: a fresh cache no longer offers it
+    assert EmbeddingCache(tmp_path, "f" * 64).lookup(keys[2:]).tolist() == [-1]
+
+
+def test_cache_rejects_other_dimension(tmp_path):
+    EmbeddingCache(tmp_path, "a" * 64, dim=4).append(text_keys(["x"]), np.ones((1, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="dimension"):
+        EmbeddingCache(tmp_path, "a" * 64, dim=8)
+
+
+# --- the whole step -----------------------------------------------------------------
+
+
+def test_mine_writes_triplets_with_accounting_and_no_heldout(pairs_dataset, tmp_path, tiny_model_dir):
+    out = tmp_path / "mined"
+    config = MiningConfig(model=str(tiny_model_dir), num_negatives=1)
+    manifest = mine_negatives(pairs_dataset, out, config, cache_dir=tmp_path / "cache", echo=None)
+    check_accounting(manifest)
+    rows = read_rows(out)
+    assert rows.columns == ["anchor", "positive", "negative", "id", "source_file", "source_line"]
+    assert manifest["stage"] == "mine" and manifest["rows_heldout"] == 0
+    assert manifest["rows_read"] == 20 and manifest["rows_kept"] == len(rows)
+    assert manifest["mined_from"]["config_hash"] == json.loads((pairs_dataset / "manifest.json").read_text())["config_hash"]
+    assert not (out / "heldout").exists()
+    texts = set(rows["anchor"]) | set(rows["positive"]) | set(rows["negative"])
+    assert not any("HELDOUT" in t or "zebra" in t for t in texts)
+    # the guard: no negative equals its anchor or a positive of the anchor (case folded)
+    positives = {}
+    for pair in load_jsonl("pairs.jsonl"):
+        positives.setdefault(pair["anchor"], set()).add(pair["positive"].casefold())
+    for anchor, negative in zip(rows["anchor"], rows["negative"]):
+        assert negative.casefold() not in positives[anchor] | {anchor.casefold()}
+    stats = manifest["mining"]
+    assert stats["max_positives_per_anchor"] == 2 and stats["anchors"] == 19
+    # "DOGS ARE RUNNING IN THE SNOW." embeds exactly like its lower-case twin: the guard must fire
+    assert stats["candidates_skipped"]["equals_positive"] >= 1
+    assert sum(stats["positive_scores"]["counts"]) == 20
+
+
+def test_mine_is_deterministic_and_skips_when_done(pairs_dataset, tmp_path, tiny_model_dir, capsys):
+    config = MiningConfig(model=str(tiny_model_dir), num_negatives=2, sampling_strategy="random", range_max=6, seed=3)
+    first = mine_negatives(pairs_dataset, tmp_path / "a", config, cache_dir=tmp_path / "c1", echo=None)
+    second = mine_negatives(pairs_dataset, tmp_path / "b", config, cache_dir=tmp_path / "c2", echo=None)
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
+    assert (tmp_path / "a" / "manifest.json").read_bytes().replace(b'"a"', b'"b"') == (
+        tmp_path / "b" / "manifest.json"
+    ).read_bytes()
+    again = mine_negatives(pairs_dataset, tmp_path / "a", config, cache_dir=tmp_path / "c1")
+    assert again.get("skipped") is True
+    assert "skipped" in capsys.readouterr().out
+    # warm cache, fresh output: same bytes, nothing encoded
+    warm = mine_negatives(pairs_dataset, tmp_path / "w", config, cache_dir=tmp_path / "c1", echo=None)
+    assert warm["embedding_counts"]["encoded"] == 0
+    assert [s["sha256"] for s in warm["shards"]] == [s["sha256"] for s in first["shards"]]
+
+
+def test_corrupt_cache_entry_is_recomputed_in_a_run(pairs_dataset, tmp_path, tiny_model_dir):
+    config = MiningConfig(model=str(tiny_model_dir))
+    first = mine_negatives(pairs_dataset, tmp_path / "a", config, cache_dir=tmp_path / "cache", echo=None)
+    segment = next((tmp_path / "cache").rglob("*.vectors.npy"))
+    raw = bytearray(segment.read_bytes())
+    raw[-8:] = b"\x00\x00\xc0\x7f" * 2  # NaNs in the last entry
+    segment.write_bytes(bytes(raw))
+    second = mine_negatives(pairs_dataset, tmp_path / "b", config, cache_dir=tmp_path / "cache", echo=None)
+    assert second["embedding_counts"]["encoded"] == 1
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
+
+
+def test_n_tuple_output_and_triplet_slots(pairs_dataset, tmp_path, tiny_model_dir):
+    tuples = mine_negatives(
+        pairs_dataset, tmp_path / "t", MiningConfig(model=str(tiny_model_dir), num_negatives=3, output_format="n-tuple"),
+        cache_dir=tmp_path / "cache", echo=None,
+    )
+    rows = read_rows(tmp_path / "t")
+    assert rows.columns[:5] == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert tuples["unit"] == "pair" and len(rows) == tuples["rows_kept"]
+    triplets = mine_negatives(
+        pairs_dataset, tmp_path / "s", MiningConfig(model=str(tiny_model_dir), num_negatives=3),
+        cache_dir=tmp_path / "cache", echo=None,
+    )
+    rows = read_rows(tmp_path / "s")
+    assert triplets["unit"] == "pair_negative_slot" and triplets["rows_read"] == 60
+    assert rows["id"].n_unique() == len(rows)
+    check_accounting(triplets)
+
+
+def test_margin_drops_are_counted_as_no_negative_in_range(pairs_dataset, tmp_path, tiny_model_dir):
+    config = MiningConfig(model=str(tiny_model_dir), absolute_margin=2.0)  # nothing can be 2 below a positive
+    manifest = mine_negatives(pairs_dataset, tmp_path / "m", config, cache_dir=tmp_path / "cache", echo=None)
+    assert manifest["rows_kept"] == 0 and manifest["dropped"] == {"no_negative_in_range": 20}
+    assert manifest["mining"]["anchors_without_negative"] == 19
+
+
+def test_empty_dataset_gives_a_clear_message(tmp_path, tiny_model_dir):
+    empty = write_dataset(tmp_path / "empty", [])
+    with pytest.raises(ValueError, match="no training pairs"):
+        mine_negatives(empty, tmp_path / "out", MiningConfig(model=str(tiny_model_dir)), cache_dir=tmp_path / "c", echo=None)
+
+
+def test_incomplete_dataset_and_overwriting_input_are_refused(pairs_dataset, tmp_path, tiny_model_dir):
+    config = MiningConfig(model=str(tiny_model_dir))
+    with pytest.raises(ValueError, match="must not be the input"):
+        mine_negatives(pairs_dataset, pairs_dataset, config, cache_dir=tmp_path / "c", echo=None)
+    (pairs_dataset / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="incomplete"):
+        mine_negatives(pairs_dataset, tmp_path / "o", config, cache_dir=tmp_path / "c", echo=None)
+
+
+def test_extra_corpus_adds_candidates(pairs_dataset, tmp_path, tiny_model_dir):
+    extra = write_dataset(tmp_path / "extra", [{"anchor": "unused anchor", "positive": "A completely new sentence about trains."}])
+    config = MiningConfig(model=str(tiny_model_dir), extra_corpus=(str(extra),))
+    manifest = mine_negatives(pairs_dataset, tmp_path / "o", config, cache_dir=tmp_path / "c", echo=None)
+    assert manifest["mining"]["corpus_size"] == 20 + 1  # 20 distinct positives + 1 extra
+    assert any(entry["path"].startswith(str(extra)) for entry in manifest["inputs"])
+
+
+def test_cli_mine(pairs_dataset, tmp_path, tiny_model_dir, capsys):
+    from pipeline.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["mine", str(pairs_dataset), "--out", str(out), "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "c")]
+    assert main(argv) == 0
+    assert "mined" in capsys.readouterr().out
+    assert file_sha256(out / "manifest.json")
+    assert main(argv) == 0
+    assert "skipped" in capsys.readouterr().out
