@@ -177,6 +177,7 @@ class Measurement:
     contender: str
     lines: int
     seconds: float
+    cpu_seconds: float
     peak_mib: float
     rows_out: int
 
@@ -247,7 +248,7 @@ def measure(contender: str, input_path: Path, lines: int, out_dir: Path, env: di
         rows_out = json.loads(output.strip().splitlines()[-1])["rows_out"]
     peak = max(peak, usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
     shutil.rmtree(out_dir, ignore_errors=True)
-    return Measurement(contender, lines, seconds, peak / 2**20, rows_out)
+    return Measurement(contender, lines, seconds, usage.ru_utime + usage.ru_stime, peak / 2**20, rows_out)
 
 
 def _worker_main(contender: str, input_path: Path, out_dir: Path) -> None:
@@ -258,11 +259,13 @@ def _worker_main(contender: str, input_path: Path, out_dir: Path) -> None:
 def report(results: list[Measurement], small: Measurement, big_pairforge: Measurement) -> tuple[str, bool]:
     """The table, the ratios and the verdicts; True when every target is met."""
     by_name = {m.contender: m for m in results}
-    lines = [f"{'contender':<10} {'lines':>11} {'seconds':>9} {'lines/s':>11} {'peak MiB':>9} {'rows out':>10}"]
+    lines = [
+        f"{'contender':<10} {'lines':>11} {'seconds':>9} {'cpu s':>7} {'lines/s':>11} {'peak MiB':>9} {'rows out':>10}"
+    ]
     lines.append("-" * len(lines[0]))
     for m in results + [small]:
         lines.append(
-            f"{m.contender:<10} {m.lines:>11,} {m.seconds:>9.1f} {m.lines_per_second:>11,.0f}"
+            f"{m.contender:<10} {m.lines:>11,} {m.seconds:>9.1f} {m.cpu_seconds:>7.1f} {m.lines_per_second:>11,.0f}"
             f" {m.peak_mib:>9.0f} {m.rows_out:>10,}"
         )
     checks = []

@@ -89,8 +89,13 @@ def _train_stage(paths: dict[str, Path], model_dir: Path, options: dict[str, Any
     return _read_json(model_dir / TRAIN_CONFIG_NAME)["result"] | {"out_dir": str(model_dir), "deployment": deployment}
 
 
-def _evaluate_stage(paths: dict[str, Path], model_dir: Path, report_dir: Path, options: dict[str, Any] | None, deployment: str | None) -> dict[str, Any]:
-    parameters = {"model_dir": str(model_dir), "report_dir": str(report_dir), "corpus_dir": str(paths["corpus"]), "options": options}
+def _evaluate_stage(
+    paths: dict[str, Path], model_dir: Path, report_dir: Path, baseline_dir: str | None, options: dict[str, Any] | None, deployment: str | None
+) -> dict[str, Any]:
+    parameters = {
+        "model_dir": str(model_dir), "report_dir": str(report_dir), "corpus_dir": str(paths["corpus"]),
+        "baseline_dir": baseline_dir, "options": options,
+    }
     if deployment is None:
         return evaluate(**parameters)
     run_stage_deployment(deployment, parameters, f"{current_flow_run.id}-evaluate")
@@ -168,7 +173,9 @@ def pairforge_pipeline(
     if stop_after == "evaluate":
         from pipeline.report import report_markdown
 
-        report = _evaluate_stage(paths, model_dir, report_dir, evaluation, evaluate_deployment)
+        # The baseline is the model training started from (None: the packaged default).
+        baseline_dir = (training or {}).get("model")
+        report = _evaluate_stage(paths, model_dir, report_dir, baseline_dir, evaluation, evaluate_deployment)
         summary["report_dir"] = str(report_dir)
         summary["evaluation"] = {"verdict": report["summary"]["verdict"], "markdown": report_markdown(report)}
         progress.advance("evaluate")

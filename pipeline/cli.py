@@ -236,6 +236,35 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 # --- end evaluate -------------------------------------------------------------
 
 # --- run + verify (owner: flows) ----------------------------------------------
+# The one place outside flows/ that imports flows (lazily): the library stays Prefect-free.
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    from flows.commands import add_run_arguments
+
+    parser = sub.add_parser("run", help="the main job: build the corpus, mine, write the config, train and evaluate (Prefect flow)")
+    add_run_arguments(parser)
+    parser.set_defaults(run=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from flows.commands import run_command
+
+    return run_command(args)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    from flows.commands import add_verify_arguments
+
+    parser = sub.add_parser("verify", help="rebuild a corpus in a temporary folder and check it is byte-identical")
+    add_verify_arguments(parser)
+    parser.set_defaults(run=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from flows.commands import verify_command
+
+    return verify_command(args)
+
+
 # --- end run + verify ---------------------------------------------------------
 
 ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -244,6 +273,8 @@ ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_evaluate,
     _add_config,
     _add_train,
+    _add_run,
+    _add_verify,
     # registered subcommands (keep one line each)
 ]
 

@@ -587,9 +587,9 @@ def resolve_baseline(model_dir: str | os.PathLike[str], baseline_dir: str | os.P
     """The baseline model folder and where that choice came from.
 
     ``baseline_dir`` when given; else the ``base_model`` of the training run's
-    ``train_config.json`` in ``model_dir`` (null or ``"default"`` meaning the packaged
-    default; a relative path is tried from the working directory, then from
-    ``model_dir``); else the packaged default model.
+    ``train_config.json`` in ``model_dir``, or failing that key its ``config.model``
+    (null or ``"default"`` meaning the packaged default; a relative path is tried from
+    the working directory, then from ``model_dir``); else the packaged default model.
 
     Raises:
         FileNotFoundError: the chosen folder does not exist (the message names where it came from).
@@ -608,15 +608,21 @@ def resolve_baseline(model_dir: str | os.PathLike[str], baseline_dir: str | os.P
         raise ValueError(f"{train_config}: not valid JSON ({exc})") from exc
     if not isinstance(values, dict):
         raise ValueError(f"{train_config}: expected a JSON object")
-    base = values.get("base_model")
+    key = "base_model"
+    if key not in values and isinstance(values.get("config"), dict) and "model" in values["config"]:
+        # pipeline.train also records the starting model as config.model
+        key = "config.model"
+        base = values["config"]["model"]
+    else:
+        base = values.get(key)
     if base in (None, "", "default"):
-        return default_model_path(), f"{TRAIN_CONFIG_NAME} base_model={base!r} (packaged default)"
+        return default_model_path(), f"{TRAIN_CONFIG_NAME} {key}={base!r} (packaged default)"
     candidate = Path(str(base))
     if not candidate.is_absolute() and not candidate.is_dir():
         candidate = Path(model_dir) / candidate
     if not candidate.is_dir():
-        raise FileNotFoundError(f"{train_config}: base_model folder not found: {base}")
-    return candidate, f"{TRAIN_CONFIG_NAME} base_model"
+        raise FileNotFoundError(f"{train_config}: {key} folder not found: {base}")
+    return candidate, f"{TRAIN_CONFIG_NAME} {key}"
 
 
 def _heatmap_texts(benchmarks: Benchmarks, n: int) -> tuple[str, list[str], list[str]]:

@@ -120,7 +120,18 @@ class _ZstdFrames(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         while not self._buffer and not self._done:
-            self._fill()
+            try:
+                self._fill()
+            except InputFileError as exc:
+                # Hand out what was decoded before the break first (as an end of
+                # stream), and raise on the next read, so no whole line is lost.
+                self._error = exc
+                self._done = True
+        if not self._buffer and self._error is not None:
+            if self._error_pending_eof:
+                self._error_pending_eof = False
+                return 0
+            raise self._error
         n = min(len(buffer), len(self._buffer))
         buffer[:n] = self._buffer[:n]
         self._buffer = self._buffer[n:]
@@ -152,6 +163,8 @@ class _ZstdFrames(io.RawIOBase):
         self._buffer += out
 
     _started = False
+    _error: InputFileError | None = None
+    _error_pending_eof = True
 
     def close(self) -> None:
         self._raw.close()
@@ -169,10 +182,15 @@ class _GzipChecked(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    _error_pending_eof = True
+
     def readinto(self, buffer: Any) -> int:
         try:
             n = self._inner.readinto(buffer)
         except (EOFError, OSError, gzip.BadGzipFile) as exc:
+            if self._error_pending_eof:  # first an end of stream, so buffered lines get out
+                self._error_pending_eof = False
+                return 0
             raise InputFileError(
                 f"{self._path}: truncated or corrupt gzip archive after {self._out:,} decompressed bytes: {exc}"
             ) from exc
@@ -212,6 +230,9 @@ def iter_line_chunks(stream: BinaryIO, ctx: ReadContext) -> Iterator[LineChunk]:
             if block.startswith(_BOM):
                 block = block[len(_BOM) :]
         if not block:
+            # A broken archive reports its end once, then raises on the next read:
+            # ask again so a truncated last line is never taken for a whole one.
+            stream.read(1)
             break
         if skipping:
             cut = block.find(b"\n")
@@ -239,9 +260,25 @@ def iter_line_chunks(stream: BinaryIO, ctx: ReadContext) -> Iterator[LineChunk]:
     ctx.lines_seen = line_no - 1
 
 
+def _lines_within(data: bytes, limit: int) -> bool:
+    """Whether no line of ``data`` is longer than ``limit`` bytes (newlines not counted).
+
+    Same answer as ``max(map(len, data.split(b"\\n"))) <= limit`` without building a
+    bytes object per line: it jumps to the last newline within ``limit`` bytes of each
+    line start, so a 16 MiB chunk costs a few ``rfind`` calls instead of ~0.2 s.
+    """
+    pos = 0
+    while len(data) - pos > limit:
+        cut = data.rfind(b"\n", pos, pos + limit + 1)
+        if cut < 0:
+            return False
+        pos = cut + 1
+    return True
+
+
 def _bounded_chunks(whole: bytes, line_no: int, ctx: ReadContext) -> Iterator[LineChunk]:
     """Split whole lines further when one of them is over the size bound."""
-    if len(whole) <= ctx.max_line_bytes or max(map(len, whole.split(b"\n"))) <= ctx.max_line_bytes:
+    if _lines_within(whole, ctx.max_line_bytes):
         yield LineChunk(whole, line_no, whole.count(b"\n"))
         return
     kept: list[bytes] = []

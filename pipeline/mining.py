@@ -100,7 +100,7 @@ class MiningConfig:
         ivf_threshold: corpus size from which ``auto`` uses IVF.
         nlist: IVF lists; None for ``2 * sqrt(corpus size)``.
         nprobe: IVF lists searched per query.
-        ivf_train_size: IVF training sample size; None for ``64 * nlist``.
+        ivf_train_size: IVF training sample size; None for ``40 * nlist``.
         hnsw_m: HNSW graph degree.
         hnsw_ef_search: HNSW search breadth.
         batch_size: encoder batch size.
@@ -425,12 +425,13 @@ def build_ivf_index(embeddings, corpus_rows: np.ndarray, config: MiningConfig, w
     n, dim = len(corpus_rows), embeddings.shape[1]
     nlist = config.nlist or int(min(max(16, round(2 * np.sqrt(n))), 65_536))
     nlist = max(1, min(nlist, n))
-    train_size = min(n, config.ivf_train_size or 64 * nlist)
+    train_size = min(n, config.ivf_train_size or 40 * nlist)
     rng = np.random.default_rng(config.seed)
     sample = np.sort(rng.choice(n, size=train_size, replace=False))
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = config.seed
+    index.cp.niter = 10  # IVF needs coarse cells, not converged centroids
     index.train(_gather(embeddings, corpus_rows[sample]))
     trained_path = work_dir / "trained.index"
     faiss.write_index(index, str(trained_path))

@@ -137,13 +137,26 @@ def clean_and_filter(frame: pl.DataFrame, filters: TextFilters) -> pl.DataFrame:
 
     Reasons: ``empty_text`` (nothing left after cleaning), ``too_short``, ``too_long``,
     ``anchor_equals_positive``, ``negative_equals_anchor_or_positive``.
+
+    Rows that come in with a ``drop_reason`` keep it and pass through with their text
+    as it was: no filter can change their fate, and cleaning is the costly part (in NLI,
+    two rows in three are already dropped as ``not_entailment``).
     """
     texts = [c for c in ("anchor", "positive", "negative") if c in frame.columns]
     if "drop_reason" not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("drop_reason"))
-    for column in texts:
-        frame = normalize_column(frame, column)
+    # Cleaning keeps nulls null and strings strings, so this is the same before or after it.
     required = [c for c in texts if c != "negative" or frame.get_column("negative").null_count() == 0]
+    pending = frame.get_column("drop_reason").is_null()
+    if pending.all():
+        for column in texts:
+            frame = normalize_column(frame, column)
+    elif pending.any():
+        positions = pending.arg_true()
+        frame = frame.with_columns(
+            frame.get_column(c).scatter(positions, _normalize_series(frame.get_column(c).gather(positions)))
+            for c in texts
+        )
     lengths = {c: pl.col(c).str.len_chars() for c in texts}
     frame = set_reason(frame, pl.any_horizontal([lengths[c] == 0 for c in required]), "empty_text")
     frame = set_reason(frame, pl.any_horizontal([lengths[c] < filters.min_chars for c in required]), "too_short")

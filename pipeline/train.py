@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -189,7 +190,8 @@ def build_model(config: TrainConfig):
     with ``config.pooling`` pooling and, if asked, normalization."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     from pipeline.models import load_encoder, resolve_model_path
 
@@ -197,12 +199,13 @@ def build_model(config: TrainConfig):
     if (path / "modules.json").is_file():
         model = load_encoder(path, device="cpu")
     else:
-        transformer = models.Transformer(
-            str(path), max_seq_length=config.max_seq_length, model_args={"trust_remote_code": False},
-            tokenizer_args={"trust_remote_code": False}, config_args={"trust_remote_code": False},
-        )
-        pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode=config.pooling)
-        modules = [transformer, pooling] + ([models.Normalize()] if config.normalize else [])
+        no_remote_code = {"trust_remote_code": False}
+        transformer = Transformer(
+            str(path), max_seq_length=config.max_seq_length, model_kwargs=no_remote_code,
+            processor_kwargs=no_remote_code, config_kwargs=no_remote_code,
+        )  # fmt: skip
+        pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode=config.pooling)
+        modules = [transformer, pooling] + ([Normalize()] if config.normalize else [])
         model = SentenceTransformer(modules=modules, device="cpu")
     model.max_seq_length = config.max_seq_length
     return model
@@ -245,7 +248,12 @@ def _check_resume(checkpoints: Path, run_hash: str, config: TrainConfig) -> str 
 
     marker = checkpoints / TRAIN_CONFIG_NAME
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if last is None or not config.resume:
+    if last is None:
+        return None
+    if not config.resume:
+        # starting over: stale checkpoints with higher step numbers would win the next resume
+        if _is_main_process():
+            shutil.rmtree(checkpoints)
         return None
     if marker.is_file():
         previous = json.loads(marker.read_text(encoding="utf-8")).get("config_hash")

@@ -36,7 +36,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     vocab = default_model_path() / "vocab.txt"
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)  # transformers 5: `vocab`, not `vocab_file`
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,

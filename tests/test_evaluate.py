@@ -211,6 +211,13 @@ def test_resolve_baseline(tmp_path: Path, tiny_model_dir: Path) -> None:
         assert resolve_baseline(model, None)[0] == default_model_path()
     atomic_write_json(model / "train_config.json", {"base_model": str(tiny_model_dir)})
     assert resolve_baseline(model, None) == (tiny_model_dir, "train_config.json base_model")
+    (tmp_path / "base").symlink_to(tiny_model_dir, target_is_directory=True)
+    atomic_write_json(model / "train_config.json", {"base_model": "../base"})  # relative to the model folder
+    assert resolve_baseline(model, None)[0].resolve() == tiny_model_dir.resolve()
+    atomic_write_json(model / "train_config.json", {"config": {"model": str(tiny_model_dir)}})  # pipeline.train's layout
+    assert resolve_baseline(model, None) == (tiny_model_dir, "train_config.json config.model")
+    atomic_write_json(model / "train_config.json", {"base_model": None, "config": {"model": str(tiny_model_dir)}})
+    assert resolve_baseline(model, None)[0] == default_model_path()
     atomic_write_json(model / "train_config.json", {"base_model": str(tmp_path / "gone")})
     with pytest.raises(FileNotFoundError, match="train_config.json.*gone"):
         resolve_baseline(model, None)
@@ -323,11 +330,6 @@ def test_whole_evaluation_on_tiny_data(tmp_path: Path, tiny_model_dir: Path, bas
     assert "seconds" in json.loads((out / "timings.json").read_text(encoding="utf-8"))
     assert "seconds" not in (out / "report.json").read_text(encoding="utf-8")
 
-    # deterministic: a second run gives the same report bytes and plots
-    again = tmp_path / "again"
-    evaluate_model(tiny_model_dir, base_model_dir, config, again)
-    for name in ("report.json", "report.md", "metrics.png", "heatmap.png"):
-        assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 
 def test_baseline_from_train_config(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -336,13 +338,19 @@ def test_baseline_from_train_config(tmp_path: Path, tiny_model_dir: Path) -> Non
     for item in tiny_model_dir.iterdir():
         (trained / item.name).symlink_to(item, target_is_directory=item.is_dir())
     atomic_write_json(trained / "train_config.json", {"base_model": str(tiny_model_dir)})
-    config = EvalConfig(stsb=(str(DATA / "sts-sample.csv"),), show_progress=False)
+    config = EvalConfig(stsb=(str(DATA / "sts-sample.csv"),), nli=(str(DATA / "senteval"),), show_progress=False)
     report = evaluate_model(trained, None, config, tmp_path / "report")
     assert report["baseline"]["source"] == "train_config.json base_model"
     assert report["baseline"]["path"] == str(tiny_model_dir)
     assert report["baseline"]["same_as_model"] is False  # a different folder with the same weights
-    assert [row["delta"] for row in report["metrics"]] == [0.0]
+    assert [row["delta"] for row in report["metrics"]] == [0.0, 0.0]
     assert report["summary"]["verdict"] == "same"
+
+    # deterministic: a second run gives the same report bytes and plots
+    again = tmp_path / "again"
+    evaluate_model(trained, None, config, again)
+    for name in ("report.json", "report.md", "metrics.png", "heatmap.png"):
+        assert (again / name).read_bytes() == (tmp_path / "report" / name).read_bytes(), name
 
 
 def test_cli_evaluate(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

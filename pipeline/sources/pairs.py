@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
@@ -78,10 +78,10 @@ def dataset_name(relative_path: str) -> str:
     Raises:
         ValueError: an absolute path, a ``..`` or ``.`` segment, or nothing left of the name.
     """
-    path = PurePosixPath(relative_path.replace("\\", "/"))
-    if path.is_absolute() or any(part in ("..", ".") for part in path.parts) or not path.parts:
+    parts = relative_path.replace("\\", "/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"pairs: {relative_path!r} is not a relative file path inside the data root")
-    *folders, file_name = path.parts
+    *folders, file_name = parts
     stem = next((file_name[: -len(ext)] for ext in _EXTENSIONS if file_name.lower().endswith(ext)), file_name)
     if not stem.strip("."):
         raise ValueError(f"pairs: {relative_path!r} leaves no dataset name once its extension is removed")
@@ -212,6 +212,13 @@ def stage_file(path: Path, ctx: ReadContext, options: Options) -> Iterator[pl.Da
         negatives: list[str | None] = []
         lines: list[int] = []
         for line, value in zip(batch.lines, batch.values):
+            # The 1B files are mostly plain pairs: skip the general dispatch for them.
+            if type(value) is list and len(value) == 2 and type(value[0]) is str and type(value[1]) is str:
+                anchors.append(value[0])
+                positives.append(value[1])
+                negatives.append(None)
+                lines.append(line)
+                continue
             texts = texts_of(value)
             if isinstance(texts, str):
                 ctx.reject(line, texts, orjson.dumps(value))

@@ -6,8 +6,8 @@ separated and quoted, as Kaggle's ``train.csv`` or a pandas export of it with an
 unnamed index column and extra columns), optionally ``.gz``/``.zst``. The layout is
 told by the extension; the columns are found by name in the header (``id``, ``qid1``,
 ``qid2``, ``question1``, ``question2``, ``is_duplicate``; other columns are ignored).
-A file without ``is_duplicate`` (GLUE's ``test.tsv``) is read too, every row being
-dropped as ``unlabeled``.
+A file without ``is_duplicate`` (GLUE's ``test.tsv``, Kaggle's ``test.csv`` with its
+``test_id``) is read too, every row being dropped as ``unlabeled``.
 
 Out: two datasets, both counting labelled rows (one unit = one row of a file):
 
@@ -39,7 +39,6 @@ from pipeline.sources import DatasetSpec
 
 NAME = "qqp"
 _COLUMNS = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
-_UNLABELED_COLUMNS = ["id", "question1", "question2"]
 _COMPRESSIONS = (".gz", ".zst", ".zstd")
 
 
@@ -102,11 +101,14 @@ def stage_file(path: Path, ctx: ReadContext, options: Options) -> Iterator[pl.Da
     """
     delimiter, quoted = file_layout(path)
     quoted = quoted or options.tsv_quoted
-    labelled = "is_duplicate" in _header(path, delimiter)
-    columns = _COLUMNS if labelled else _UNLABELED_COLUMNS
+    header = _header(path, delimiter)
+    labelled = "is_duplicate" in header
+    # Kaggle's test.csv names its id column test_id.
+    id_column = "test_id" if not labelled and "id" not in header and "test_id" in header else "id"
+    columns = _COLUMNS if labelled else [id_column, "question1", "question2"]
     for batch in read_delimited(path, ctx, delimiter=delimiter, quoted=quoted, columns=columns):
         if not labelled:
-            batch = batch.with_columns(
+            batch = batch.rename({id_column: "id"}).with_columns(
                 pl.lit(None, dtype=pl.String).alias(name) for name in ("qid1", "qid2", "is_duplicate")
             )
         yield batch.select(
@@ -185,9 +187,11 @@ def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.Laz
         .group_by("key", maintain_order=True)
         .agg(pl.col("negative").first())
     )
+    negative_of_q1 = first_negative.rename({"key": "key1", "negative": "negative1"})
+    negative_of_q2 = first_negative.rename({"key": "key2", "negative": "negative2"})
     triplets = (
-        rows.join(first_negative.rename({"key": "key1", "negative": "negative1"}), on="key1", how="left", maintain_order="left")
-        .join(first_negative.rename({"key": "key2", "negative": "negative2"}), on="key2", how="left", maintain_order="left")
+        rows.join(negative_of_q1, on="key1", how="left", maintain_order="left")
+        .join(negative_of_q2, on="key2", how="left", maintain_order="left")
         .with_columns(pl.coalesce("negative1", "negative2").alias("negative"))
         .with_columns(
             pl.when(pl.col("drop_reason").is_null() & pl.col("negative").is_null())

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import orjson
 import polars as pl
 import pyarrow as pa
 
@@ -134,7 +135,7 @@ def _reject_submissions(batch: pl.DataFrame, path: Path, ctx: ReadContext) -> pl
             " 'title' but no 'body' or 'parent_id'; the reddit source reads comment files (RC_*)"
         )
     for row in batch.filter(flags).select("id", "title", "_line").iter_rows(named=True):
-        ctx.reject(row["_line"], "submission_not_comment", f'{{"id": {row["id"]!r}, "title": {row["title"]!r}}}')
+        ctx.reject(row["_line"], "submission_not_comment", orjson.dumps({"id": row["id"], "title": row["title"]}))
     return batch.filter(~flags)
 
 
@@ -165,12 +166,17 @@ def _first_reason(checks: list[tuple[pl.Expr, str]], prefix: str = "") -> pl.Exp
 def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.LazyFrame]:
     """One row per comment: the (parent body, reply body) pair, or why there is none."""
     rows = staged.with_columns(
-        (pl.col("_file_index").cast(pl.Int64) * (1 << _LINE_BITS) + pl.col("_line")).alias("_order"),
-        pl.col("parent_id").str.strip_chars().alias("parent_id"),
+        (pl.col("_file_index").cast(pl.Int64) * (1 << _LINE_BITS) + pl.col("_line")).alias("_order")
     )
-    first_of_id = rows.group_by("id").agg(pl.col("_order").min().alias("_first_order"))
-    rows = rows.join(first_of_id, on="id", how="left").with_columns(
-        (pl.col("_order") != pl.col("_first_order")).alias("_repeat")
+    # Repeated ids are rare: joining every row to just those keeps that hash table small.
+    repeated_ids = (
+        rows.group_by("id")
+        .agg(pl.col("_order").min().alias("_first_order"), pl.len().alias("_copies"))
+        .filter(pl.col("_copies") > 1)
+        .select("id", "_first_order")
+    )
+    rows = rows.join(repeated_ids, on="id", how="left").with_columns(
+        (pl.col("_first_order").is_not_null() & (pl.col("_order") != pl.col("_first_order"))).alias("_repeat")
     )
     parents = rows.filter(~pl.col("_repeat")).select(
         pl.col("id").alias("_parent_key"),

@@ -89,16 +89,28 @@ def _in_input_order(frame: pl.LazyFrame, *extra: str) -> pl.LazyFrame:
     return frame.sort(["_file_index", "_line", *extra], maintain_order=True)
 
 
-def title_abstract_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per paper line: (title, abstract) or the reason it gives no pair."""
-    papers = _in_input_order(staged).with_columns(pl.col("paper_id").is_first_distinct().alias("_first"))
-    return papers.select(
-        pl.col("title").alias("anchor"),
-        pl.col("abstract").alias("positive"),
-        pl.col("paper_id").alias("id"),
+def _candidate_columns(frame: pl.LazyFrame, anchor: str, positive: str, id_: str) -> pl.LazyFrame:
+    """The candidate columns; texts of dropped rows are left null, as no later step reads them.
+
+    Most units are dropped (most citations leave the input, half the papers have no
+    abstract), so not carrying their abstracts keeps the candidate spill small.
+    """
+    kept = pl.col("drop_reason").is_null()
+    return frame.select(
+        pl.when(kept).then(pl.col(anchor)).alias("anchor"),
+        pl.when(kept).then(pl.col(positive)).alias("positive"),
+        pl.col(id_).alias("id"),
         "source_file",
         pl.col("_line").alias("source_line"),
         "_file_index",
+        "drop_reason",
+    )
+
+
+def title_abstract_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per paper line: (title, abstract) or the reason it gives no pair."""
+    papers = _in_input_order(staged).with_columns(pl.col("paper_id").is_first_distinct().alias("_first"))
+    reason = (
         pl.when(~pl.col("_first"))
         .then(pl.lit("duplicate_paper_id"))
         .when(_is_blank("title"))
@@ -106,7 +118,9 @@ def title_abstract_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
         .when(_is_blank("abstract"))
         .then(pl.lit("no_abstract"))
         .otherwise(_NULL_REASON)
-        .alias("drop_reason"),
+    )
+    return _candidate_columns(
+        papers.with_columns(reason.alias("drop_reason")), anchor="title", positive="abstract", id_="paper_id"
     )
 
 
@@ -119,7 +133,11 @@ def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
     abstracts = (
         _in_input_order(staged.select("paper_id", "abstract", "_file_index", "_line"))
         .unique(subset="paper_id", keep="first", maintain_order=True)
-        .select(pl.col("paper_id").alias("cited_id"), pl.col("abstract").alias("cited_abstract"), pl.lit(True).alias("_cited_found"))
+        .select(
+            pl.col("paper_id").alias("cited_id"),
+            pl.col("abstract").alias("cited_abstract"),
+            pl.lit(True).alias("_cited_found"),
+        )
     )
     edges = (
         staged.select(
@@ -139,13 +157,7 @@ def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
     )
     edges = edges.with_columns(pl.col("id").is_first_distinct().alias("_first"))
     joined = edges.join(abstracts, on="cited_id", how="left", maintain_order="left")
-    return joined.select(
-        pl.col("citing_abstract").alias("anchor"),
-        pl.col("cited_abstract").alias("positive"),
-        "id",
-        "source_file",
-        pl.col("_line").alias("source_line"),
-        "_file_index",
+    reason = (
         pl.when(pl.col("cited_id").is_null())
         .then(pl.lit("cited_id_missing"))
         .when(~pl.col("_first"))
@@ -159,7 +171,9 @@ def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
         .when(_is_blank("cited_abstract"))
         .then(pl.lit("cited_abstract_missing"))
         .otherwise(_NULL_REASON)
-        .alias("drop_reason"),
+    )
+    return _candidate_columns(
+        joined.with_columns(reason.alias("drop_reason")), anchor="citing_abstract", positive="cited_abstract", id_="id"
     )
 
 
