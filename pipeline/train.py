@@ -45,6 +45,9 @@ CHECKPOINTS_DIR = "checkpoints"
 LossName = Literal["mnrl", "cached_mnrl"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _NEGATIVE_COLUMN = re.compile(r"^negative(_\d+)?$")
+# Fields that change how a run is driven, not what it computes: left out of the run's
+# hash, so a resumed run may save or log at a different rate.
+_OPERATIONAL_FIELDS = frozenset({"save_steps", "save_total_limit", "logging_steps", "dataloader_num_workers", "resume"})
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,8 @@ def _run_fingerprint(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
     from pipeline.models import model_fingerprint, resolve_model_path
 
     return {
-        "train": asdict(config) | {"model": str(resolve_model_path(config.model))},
+        "train": {k: v for k, v in asdict(config).items() if k not in _OPERATIONAL_FIELDS}
+        | {"model": str(resolve_model_path(config.model))},
         "model_fingerprint": model_fingerprint(config.model),
         "data_config": [e.as_dict() for e in data.entries],
         "datasets": data.fingerprints,
@@ -396,7 +400,7 @@ def train_model(
         atomic_write_bytes(out / DATA_CONFIG_NAME, text.encode("utf-8"))
         resolved = {
             "config_hash": run_hash,
-            "config": fingerprint["train"],
+            "config": asdict(config) | {"model": fingerprint["train"]["model"]},
             "run": fingerprint,
             "resolved": {
                 "precision": precision,

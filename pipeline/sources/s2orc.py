@@ -11,7 +11,7 @@ two datasets.
   a second line with an id already seen as ``duplicate_paper_id``.
 * ``s2orc-citations`` (unit: a citation edge, one entry of a paper's
   ``outbound_citations``): (citing abstract, cited abstract), kept when the cited
-  paper is one of the input papers and both have an abstract (the 1B project's
+  paper is one of the input papers and both have an abstract (after the 1B project's
   ``S2ORC_citation_pairs_abstract``). Id = ``<citing>-><cited>``. Drop reasons, the
   first that fires: ``cited_id_missing`` (a null in the list), ``duplicate_citation``
   (an edge listed again, by the same paper or by a repeated paper line),
@@ -127,22 +127,27 @@ def title_abstract_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
 def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
     """One row per citation edge: (citing abstract, cited abstract) or the reason it gives no pair.
 
-    The cited paper is looked up by a left join on its id against the first line of
-    each paper id, so a repeated paper line cannot multiply edges.
+    The edges are exploded and joined carrying ids and flags only; the abstracts are
+    joined last, by their line, and only onto the kept edges (a null join key matches
+    nothing), so a paper's abstract is not copied onto each of its many citations.
+    The cited paper is looked up on the first line of its id, so a repeated paper line
+    cannot multiply edges.
     """
-    abstracts = (
+    has_abstract = ~_is_blank("abstract")
+    cited = (
         _in_input_order(staged.select("paper_id", "abstract", "_file_index", "_line"))
         .unique(subset="paper_id", keep="first", maintain_order=True)
         .select(
             pl.col("paper_id").alias("cited_id"),
-            pl.col("abstract").alias("cited_abstract"),
-            pl.lit(True).alias("_cited_found"),
+            has_abstract.alias("_cited_has_abstract"),
+            pl.col("_file_index").alias("_cited_file_index"),
+            pl.col("_line").alias("_cited_line"),
         )
     )
     edges = (
         staged.select(
             pl.col("paper_id").alias("citing_id"),
-            pl.col("abstract").alias("citing_abstract"),
+            has_abstract.alias("_citing_has_abstract"),
             pl.col("outbound_citations").alias("cited_id"),
             pl.int_ranges(0, pl.col("outbound_citations").list.len()).alias("_position"),
             "source_file",
@@ -156,7 +161,6 @@ def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
         pl.format("{}->{}", pl.col("citing_id"), pl.coalesce(pl.col("cited_id"), pl.lit("null"))).alias("id")
     )
     edges = edges.with_columns(pl.col("id").is_first_distinct().alias("_first"))
-    joined = edges.join(abstracts, on="cited_id", how="left", maintain_order="left")
     reason = (
         pl.when(pl.col("cited_id").is_null())
         .then(pl.lit("cited_id_missing"))
@@ -164,17 +168,36 @@ def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
         .then(pl.lit("duplicate_citation"))
         .when(pl.col("cited_id") == pl.col("citing_id"))
         .then(pl.lit("self_citation"))
-        .when(pl.col("_cited_found").is_null())
+        .when(pl.col("_cited_has_abstract").is_null())
         .then(pl.lit("cited_paper_not_in_input"))
-        .when(_is_blank("citing_abstract"))
+        .when(~pl.col("_citing_has_abstract"))
         .then(pl.lit("citing_abstract_missing"))
-        .when(_is_blank("cited_abstract"))
+        .when(~pl.col("_cited_has_abstract"))
         .then(pl.lit("cited_abstract_missing"))
         .otherwise(_NULL_REASON)
     )
-    return _candidate_columns(
-        joined.with_columns(reason.alias("drop_reason")), anchor="citing_abstract", positive="cited_abstract", id_="id"
+    kept = pl.col("drop_reason").is_null()
+    edges = (
+        edges.join(cited, on="cited_id", how="left", maintain_order="left")
+        .with_columns(reason.alias("drop_reason"))
+        .with_columns(
+            pl.when(kept).then(pl.col("_line")).alias("_citing_key"),
+            pl.when(kept).then(pl.col("_cited_line")).alias("_cited_key"),
+        )
     )
+    abstracts = staged.filter(has_abstract).select("_file_index", "_line", "abstract")
+    edges = edges.join(
+        abstracts.rename({"_line": "_citing_key", "abstract": "citing_abstract"}),
+        on=["_file_index", "_citing_key"],
+        how="left",
+        maintain_order="left",
+    ).join(
+        abstracts.rename({"_file_index": "_cited_file_index", "_line": "_cited_key", "abstract": "cited_abstract"}),
+        on=["_cited_file_index", "_cited_key"],
+        how="left",
+        maintain_order="left",
+    )
+    return _candidate_columns(edges, anchor="citing_abstract", positive="cited_abstract", id_="id")
 
 
 def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.LazyFrame]:

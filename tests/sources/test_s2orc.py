@@ -244,3 +244,10 @@ def test_real_sample_exact_counts(shared_data: Path, tmp_path: Path) -> None:
     assert titles["dropped"].get("too_long", 0) == too_long
     cites = manifests["s2orc-citations"]
     assert (cites["rows_read"], cites["rows_kept"]) == (3107, 0)
+
+
+def test_output_is_deterministic(tmp_path: Path) -> None:
+    first = ingest("s2orc", [EXAMPLE], tmp_path / "a", ALL_KEPT, progress=False).manifests
+    second = ingest("s2orc", [EXAMPLE], tmp_path / "b", ALL_KEPT, progress=False).manifests
+    assert [m["shards"] for m in first] == [m["shards"] for m in second]
+    assert [m["dropped"] for m in first] == [m["dropped"] for m in second]

@@ -200,3 +200,9 @@ def test_real_sample_exact_counts(shared_data: Path, tmp_path: Path) -> None:
     assert (manifest["rows_read"], manifest["rows_kept"]) == (85, 0)
     assert manifest["dropped"] == {"cited_metadata_missing": 68, "query_metadata_missing": 17}
     assert manifest["inputs"][0]["files"][1].endswith("metadata.json")
+
+
+def test_output_is_deterministic(tmp_path: Path) -> None:
+    (first,) = ingest("specter", [EXAMPLE], tmp_path / "a", ALL_KEPT, progress=False).manifests
+    (second,) = ingest("specter", [EXAMPLE], tmp_path / "b", ALL_KEPT, progress=False).manifests
+    assert first["shards"] == second["shards"] and first["rows_kept"] > 0
