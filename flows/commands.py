@@ -1,6 +1,6 @@
 """``pairforge run`` and ``pairforge verify``: command-line options in, flow runs and a summary out.
 
-``run`` runs the parent flow (flows/pipeline.py) on the sources of a sources file (by
+``run`` runs the parent flow (flows/parent_flow.py) on the sources of a sources file (by
 default the bundled ``examples/sources.json``) with Prefect's local ephemeral API when
 no server is configured, and prints what it made: datasets and rows, negatives mined,
 the data_config.json written, training steps, the evaluation table, and where it all
@@ -126,7 +126,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the parent flow and print its summary; 0 on success."""
     _prefect_defaults()
     parameters = run_parameters(args)
-    from flows.pipeline import pairforge_pipeline
+    from flows.parent_flow import pairforge_pipeline
 
     summary = pairforge_pipeline(**parameters)
     print(format_summary(summary))

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.build_corpus import DATA_CONFIG_NAME, corpus_paths
-from flows.pipeline import BUILD_SPEC_NAME, pairforge_pipeline
+from flows.parent_flow import BUILD_SPEC_NAME, pairforge_pipeline
 
 CORPUS_PLACEHOLDER = "<corpus>"
 

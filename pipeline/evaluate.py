@@ -560,24 +560,24 @@ def _make_names_unique(items: Sequence[Any]) -> None:
 
 def score_model(model: Any, benchmarks: Benchmarks, config: EvalConfig) -> dict[str, float | None]:
     """Every metric of one model on the benchmarks, as ``{metric_name: value}``."""
-    from tqdm.auto import tqdm
-
     batch, progress = config.batch_size, config.show_progress
     metrics: dict[str, float] = {}
-    for pairs in tqdm(benchmarks.stsb, desc="STSb", disable=not progress or not benchmarks.stsb):
-        first = encode_texts(model, pairs.sentences1, batch)
-        second = encode_texts(model, pairs.sentences2, batch)
+    for pairs in benchmarks.stsb:
+        first = encode_texts(model, pairs.sentences1, batch, progress)
+        second = encode_texts(model, pairs.sentences2, batch, progress)
         metrics[f"stsb/{pairs.name}/spearman_cosine"] = spearman(pairwise_cosine(first, second), pairs.scores)
-    for triplets in tqdm(benchmarks.nli, desc="NLI", disable=not progress or not benchmarks.nli):
+    for triplets in benchmarks.nli:
         if not triplets.anchors:
             continue
-        embedded = [encode_texts(model, texts, batch) for texts in (triplets.anchors, triplets.positives, triplets.negatives)]
+        texts = (triplets.anchors, triplets.positives, triplets.negatives)
+        embedded = [encode_texts(model, column, batch, progress) for column in texts]
         metrics[f"nli/{triplets.name}/triplet_accuracy"] = triplet_accuracy(*embedded)
-    for pairs in tqdm(benchmarks.heldout, desc="retrieval", disable=not progress or not benchmarks.heldout):
+    for pairs in benchmarks.heldout:
         if not pairs.anchors:
             continue
         queries, docs, relevant = retrieval_task(pairs.anchors, pairs.positives)
-        scores = retrieval_metrics(encode_texts(model, queries, batch), encode_texts(model, docs, batch), relevant)
+        query_embeddings = encode_texts(model, queries, batch, progress)
+        scores = retrieval_metrics(query_embeddings, encode_texts(model, docs, batch, progress), relevant)
         metrics.update({f"retrieval/{pairs.name}/{metric}": value for metric, value in scores.items()})
     # NaN (e.g. Spearman of constant similarities) becomes None: JSON has no NaN
     return {name: None if math.isnan(value) else round(value, _METRIC_DIGITS) for name, value in metrics.items()}
@@ -632,7 +632,12 @@ def _heatmap_texts(benchmarks: Benchmarks, n: int) -> tuple[str, list[str], list
             return f"held-out pairs of {pairs.name}", pairs.anchors[:n], pairs.positives[:n]
     for triplets in benchmarks.nli:
         if triplets.anchors:
-            return f"NLI {triplets.name} anchor/entailment", triplets.anchors[:n], triplets.positives[:n]
+            # one pair per anchor: a premise with several contradictions repeats its entailment
+            first_positive: dict[str, str] = {}
+            for anchor, positive in zip(triplets.anchors, triplets.positives):
+                first_positive.setdefault(anchor, positive)
+            anchors = list(first_positive)[:n]
+            return f"NLI {triplets.name} anchor/entailment", anchors, [first_positive[a] for a in anchors]
     for scored in benchmarks.stsb:
         return f"STSb {scored.name}", scored.sentences1[:n], scored.sentences2[:n]
     return "", [], []

@@ -246,8 +246,9 @@ def iter_line_chunks(stream: BinaryIO, ctx: ReadContext) -> Iterator[LineChunk]:
         if cut >= 0:
             whole = bytes(buffer[: cut + 1])
             del buffer[: cut + 1]
-            yield from _bounded_chunks(whole, line_no, ctx)
-            line_no += whole.count(b"\n")
+            n_lines = whole.count(b"\n")
+            yield from _bounded_chunks(whole, line_no, ctx, n_lines)
+            line_no += n_lines
         if len(buffer) > ctx.max_line_bytes:
             ctx.reject(line_no, "line_too_long", bytes(buffer[:QUARANTINE_HEAD_BYTES]))
             buffer.clear()
@@ -276,10 +277,10 @@ def _lines_within(data: bytes, limit: int) -> bool:
     return True
 
 
-def _bounded_chunks(whole: bytes, line_no: int, ctx: ReadContext) -> Iterator[LineChunk]:
+def _bounded_chunks(whole: bytes, line_no: int, ctx: ReadContext, n_lines: int | None = None) -> Iterator[LineChunk]:
     """Split whole lines further when one of them is over the size bound."""
     if _lines_within(whole, ctx.max_line_bytes):
-        yield LineChunk(whole, line_no, whole.count(b"\n"))
+        yield LineChunk(whole, line_no, whole.count(b"\n") if n_lines is None else n_lines)
         return
     kept: list[bytes] = []
     first_kept = line_no
@@ -358,6 +359,47 @@ def _parse_lines_strictly(chunk: LineChunk, schema: pa.Schema, ctx: ReadContext)
     return pl.from_arrow(table).with_columns(pl.Series("_line", lines, dtype=pl.Int64))  # type: ignore[union-attr]
 
 
+class _PolarsFastPath:
+    """polars' JSON reader (the fastest here) for schemas of plain strings and numbers.
+
+    polars turns a number or an object found where a string is declared into its
+    text; a bad row must not pass for a good one, so a chunk in which a declared
+    string field holds anything but a string or null is left to the strict readers.
+    Any other problem (bad JSON, bad UTF-8, blank lines, a float in an int field)
+    makes polars raise or miscount, which also hands the chunk over.
+    """
+
+    _FLAT = {"string": pl.String, "int64": pl.Int64, "double": pl.Float64, "bool": pl.Boolean}
+
+    def __init__(self, schema: pa.Schema) -> None:
+        import re
+
+        self.schema = {f.name: self._FLAT[str(f.type)] for f in schema}
+        # One pattern per field: a literal prefix lets the regex engine skip ahead fast.
+        self._not_a_string = [
+            re.compile(b'"' + re.escape(f.name).encode() + rb'"\s*+:\s*+(?!"|null\b)')
+            for f in schema
+            if str(f.type) == "string"
+        ]
+
+    @classmethod
+    def for_schema(cls, schema: pa.Schema) -> "_PolarsFastPath | None":
+        return cls(schema) if all(str(f.type) in cls._FLAT for f in schema) else None
+
+    def read(self, chunk: LineChunk) -> pl.DataFrame | None:
+        if any(pattern.search(chunk.data) for pattern in self._not_a_string):
+            return None
+        try:
+            chunk.data.decode("utf-8")
+            frame = pl.read_ndjson(io.BytesIO(chunk.data), schema=self.schema)
+        except (pl.exceptions.PolarsError, UnicodeDecodeError, ValueError):
+            return None
+        if frame.height != chunk.n_lines:
+            return None
+        lines = pl.int_range(chunk.first_line, chunk.first_line + chunk.n_lines, eager=True, dtype=pl.Int64)
+        return frame.with_columns(lines.alias("_line"))
+
+
 def read_jsonl(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.DataFrame]:
     """Read the fields of ``schema`` from a JSON-lines file, a batch per chunk.
 
@@ -372,8 +414,14 @@ def read_jsonl(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.D
     import pyarrow.json as pa_json
 
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    fast = _PolarsFastPath.for_schema(schema)
     with open_decompressed(path) as stream:
         for chunk in iter_line_chunks(stream, ctx):
+            if fast is not None:
+                frame = fast.read(chunk)
+                if frame is not None:
+                    yield frame
+                    continue
             try:
                 # pyarrow's JSON reader does not check UTF-8; a bad byte must not reach a shard.
                 chunk.data.decode("utf-8")

@@ -8,7 +8,7 @@ as docs/corpus-format.md describes.
 Two steps, so a flow can run the first once per file and a cluster can spread it:
 
 1. :func:`stage_file` reads ONE input file with its source module and spills the
-   source's rows to ``<out>/.staging/<source>/<n>-<sha>/rows.parquet`` with its
+   source's rows to ``<out>/.staging/<source>/<n>-<sha>/rows.arrow`` with its
    unreadable-row counts and quarantine. A staged file whose input hash and config are
    unchanged is reused, so a killed run resumes.
 2. :func:`finalize_source` joins the staged files into candidate pairs per dataset,
@@ -43,6 +43,7 @@ from pipeline.records import arrow_schema, shard_columns
 from pipeline.sources import DatasetSpec, get_source
 
 STAGING_DIR = ".staging"
+STAGED_ROWS = "rows.arrow"
 _BATCH_ROWS = 200_000
 _HASH_SEEDS = (0x5EED_0001, 0x5EED_0002)
 
@@ -136,7 +137,9 @@ class StagedFile:
     failure: str | None
 
 
-def stage_file(source: str, path: Path, work_dir: Path, config: IngestConfig, file_index: int) -> Path:
+def stage_file(
+    source: str, path: Path, work_dir: Path, config: IngestConfig, file_index: int, entry: dict[str, Any] | None = None
+) -> Path:
     """Read one input file with its source and spill its rows to ``work_dir``.
 
     Returns the staged folder. Reuses a staged folder whose input hash and config
@@ -145,7 +148,7 @@ def stage_file(source: str, path: Path, work_dir: Path, config: IngestConfig, fi
     """
     module = get_source(source)
     options = source_options(source, config.source_options)
-    entry = input_entry(source, Path(path))
+    entry = entry or input_entry(source, Path(path))
     stage_config = {"source": source, "options": dataclasses.asdict(options), "max_line_bytes": config.max_line_bytes}
     stage_hash = shard_io.config_hash({"input": entry, "config": stage_config, "file_index": file_index})
     folder = Path(work_dir) / f"{file_index:05d}-{entry['sha256'][:16]}"
@@ -160,10 +163,10 @@ def stage_file(source: str, path: Path, work_dir: Path, config: IngestConfig, fi
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     ctx = ReadContext(path=Path(path), display_name=str(path), file_index=file_index, max_line_bytes=config.max_line_bytes)
-    writer: pq.ParquetWriter | None = None
+    writer: pa.ipc.RecordBatchFileWriter | None = None
     rows = 0
     failure = None
-    tmp_rows = folder / ".rows.parquet.tmp"
+    tmp_rows = folder / ".rows.arrow.tmp"
     try:
         for batch in module.stage_file(Path(path), ctx, options):
             batch = batch.with_columns(
@@ -171,9 +174,11 @@ def stage_file(source: str, path: Path, work_dir: Path, config: IngestConfig, fi
             )
             table = batch.to_arrow()
             if writer is None:
-                writer = pq.ParquetWriter(tmp_rows, table.schema, compression="zstd")
-            elif table.schema != writer.schema:
-                table = table.cast(writer.schema)
+                # Uncompressed Arrow: staged rows are read back once, soon; speed over size.
+                staged_schema = table.schema
+                writer = pa.ipc.new_file(str(tmp_rows), staged_schema)
+            elif table.schema != staged_schema:
+                table = table.cast(staged_schema)
             writer.write_table(table)
             rows += table.num_rows
     except InputFileError as exc:
@@ -182,7 +187,7 @@ def stage_file(source: str, path: Path, work_dir: Path, config: IngestConfig, fi
         if writer is not None:
             writer.close()
     if writer is not None:
-        os.replace(tmp_rows, folder / "rows.parquet")
+        os.replace(tmp_rows, folder / STAGED_ROWS)
     with open(folder / "quarantine.jsonl", "wb") as handle:
         for record in ctx.quarantine:
             handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
@@ -238,9 +243,15 @@ def planned_datasets(source: str, inputs: Sequence[Path], config: IngestConfig) 
     return module.dataset_specs([Path(p) for p in inputs], source_options(source, config.source_options))
 
 
-def up_to_date(source: str, inputs: Sequence[Path], out_dir: Path, config: IngestConfig) -> list[dict[str, Any]] | None:
+def up_to_date(
+    source: str,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    config: IngestConfig,
+    entries: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]] | None:
     """The manifests of every dataset if all already match inputs and config, else None."""
-    entries = [input_entry(source, Path(p)) for p in inputs]
+    entries = entries or [input_entry(source, Path(p)) for p in inputs]
     hash_ = shard_io.config_hash(config.resolved(source))
     manifests = []
     for spec in planned_datasets(source, inputs, config):
@@ -266,8 +277,8 @@ def finalize_source(
     entries = [dict(s.input) for s in stages]
     resolved = config.resolved(source)
     hash_ = shard_io.config_hash(resolved)
-    parquet_files = [str(s.folder / "rows.parquet") for s in stages if (s.folder / "rows.parquet").exists()]
-    candidates = module.build_candidates(pl.scan_parquet(parquet_files), options) if parquet_files else {}
+    staged_files = [str(s.folder / STAGED_ROWS) for s in stages if (s.folder / STAGED_ROWS).exists()]
+    candidates = module.build_candidates(pl.scan_ipc(staged_files), options) if staged_files else {}
     failures = [{"path": s.input["path"], "error": s.failure} for s in stages if s.failure]
     manifests = []
     for spec in module.dataset_specs([Path(p) for p in inputs], options):
@@ -324,23 +335,17 @@ def _write_dataset(
             dropped.update(stage.bad_rows)
             rows_read += sum(stage.bad_rows.values())
     texts = ["anchor", "positive"] + (["negative"] if spec.with_negative else [])
-    candidates_path = folder / ".candidates.parquet"
-    kept_path = folder / ".kept.parquet"
-    if candidates is not None:
-        candidates.sort(["_file_index", "source_line"], maintain_order=True).sink_parquet(candidates_path)
-    deduplicator = ExactDeduplicator(n_buckets=config.dedup_buckets, work_dir=folder)
-    kept_schema = pa.schema(
-        [pa.field(c, pa.string()) for c in texts]
-        + [pa.field("id", pa.string()), pa.field("source_file", pa.string()), pa.field("source_line", pa.int64())]
-    )
+    candidates_path = folder / ".candidates.arrow"
+    kept_path = folder / ".kept.arrow"
+    kept_columns = texts + ["id", "source_file", "source_line"]
+    deduplicator = ExactDeduplicator(n_buckets=config.dedup_buckets, work_dir=folder) if config.dedup else None
     kept_rows = 0
-    with pq.ParquetWriter(kept_path, kept_schema, compression="zstd") as kept_writer:
-        if candidates_path.exists():
-            reader = pq.ParquetFile(candidates_path)
-            bar = tqdm(total=reader.metadata.num_rows, desc=f"{spec.name}: clean", unit="row", disable=not progress, leave=False)
-            for batch in reader.iter_batches(batch_size=_BATCH_ROWS):
-                frame = pl.from_arrow(batch)
-                rows_read += frame.height
+    if candidates is not None:
+        total = _spill_in_input_order(candidates, candidates_path)
+        rows_read += total
+        bar = tqdm(total=total, desc=f"{spec.name}: clean", unit="row", disable=not progress, leave=False)
+        with _IpcAppender(kept_path) as kept_writer:
+            for frame in _slices(candidates_path, total):
                 if spec.with_negative:
                     frame = frame.with_columns(
                         pl.when(pl.col("drop_reason").is_null() & pl.col("negative").is_null())
@@ -351,32 +356,31 @@ def _write_dataset(
                 frame = clean_and_filter(frame, config.filters)
                 counts = frame.get_column("drop_reason").drop_nulls().value_counts()
                 dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
-                kept = frame.filter(pl.col("drop_reason").is_null()).select(kept_schema.names)
-                if config.dedup and kept.height:
+                kept = frame.filter(pl.col("drop_reason").is_null()).select(kept_columns)
+                if deduplicator is not None and kept.height:
                     deduplicator.add(*_row_hashes(kept, texts))
-                kept_writer.write_table(kept.to_arrow().cast(kept_schema))
+                kept_writer.write(kept)
                 kept_rows += kept.height
                 bar.update(frame.height)
-            bar.close()
-    keep = deduplicator.keep_mask() if config.dedup else np.ones(kept_rows, dtype=bool)
+        bar.close()
+    keep = deduplicator.keep_mask() if deduplicator is not None else np.ones(kept_rows, dtype=bool)
     dropped.add("duplicate", int((~keep).sum()))
     schema = arrow_schema(spec.with_negative)
     train = shard_io.ShardWriter(folder, schema, config.rows_per_shard)
     heldout = shard_io.ShardWriter(folder, schema, config.rows_per_shard, prefix="heldout")
-    near_filter = None
+    near_filter = NearDuplicateFilter(config.near_dedup_threshold) if config.near_dedup else None
     offset = 0
-    for batch in pq.ParquetFile(kept_path).iter_batches(batch_size=_BATCH_ROWS):
-        frame = pl.from_arrow(batch).filter(pl.Series(keep[offset : offset + batch.num_rows]))
-        offset += batch.num_rows
-        if config.near_dedup and frame.height:
-            if near_filter is None:
-                near_filter = NearDuplicateFilter(config.near_dedup_threshold)
+    for frame in _slices(kept_path, kept_rows):
+        rows = frame.height
+        frame = frame.filter(pl.Series(keep[offset : offset + rows]))
+        offset += rows
+        if near_filter is not None and frame.height:
             mask = near_filter.keep([f"{a} {p}" for a, p in zip(frame["anchor"], frame["positive"])])
             dropped.add("near_duplicate", int((~mask).sum()))
             frame = frame.filter(pl.Series(mask))
-        is_heldout = heldout_mask(frame.get_column("id").to_list(), config.heldout_fraction)
-        train.write(frame.filter(pl.Series(~is_heldout)).to_arrow())
-        heldout.write(frame.filter(pl.Series(is_heldout)).to_arrow())
+        is_heldout = pl.Series(heldout_mask(frame.get_column("id").to_list(), config.heldout_fraction))
+        train.write(frame.filter(~is_heldout).to_arrow())
+        heldout.write(frame.filter(is_heldout).to_arrow())
     train_shards, heldout_shards = train.close(), heldout.close()
     for tmp in (candidates_path, kept_path):
         tmp.unlink(missing_ok=True)
@@ -405,6 +409,55 @@ def _write_dataset(
     shard_io.check_accounting(manifest)
     shard_io.atomic_write_json(folder / shard_io.MANIFEST_NAME, manifest)
     return manifest
+
+
+def _spill_in_input_order(candidates: pl.LazyFrame, path: Path) -> int:
+    """Write a source's candidate rows to an Arrow file in input order; return the row count.
+
+    Sources mostly produce rows in (file, line) order already; the sort, which holds
+    every row, is paid only when they do not.
+    """
+    candidates.sink_ipc(path)
+    keys = pl.scan_ipc(path).select(
+        (pl.col("_file_index").cast(pl.Int64) * (1 << 40) + pl.col("source_line").cast(pl.Int64)).alias("key")
+    ).collect()
+    total = keys.height
+    if total and not keys.get_column("key").is_sorted():
+        ordered = path.with_name(path.name + ".sorted")
+        pl.scan_ipc(path).sort(["_file_index", "source_line"], maintain_order=True).sink_ipc(ordered)
+        os.replace(ordered, path)
+    return total
+
+
+def _slices(path: Path, total: int) -> Iterable[pl.DataFrame]:
+    """Batches of ``_BATCH_ROWS`` rows of an Arrow file (memory-mapped, so cheap to slice)."""
+    if not path.exists():
+        return
+    frame = pl.scan_ipc(path)
+    for offset in range(0, total, _BATCH_ROWS):
+        yield frame.slice(offset, _BATCH_ROWS).collect()
+
+
+class _IpcAppender:
+    """Appends DataFrames to one Arrow IPC file (a fast, uncompressed temporary)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        table = frame.to_arrow()
+        if self._writer is None:
+            self._schema = table.schema
+            self._writer = pa.ipc.new_file(str(self.path), table.schema)
+        self._writer.write_table(table.cast(self._schema))
+
+    def __enter__(self) -> "_IpcAppender":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _merge_quarantine(stages: list[StagedFile], path: Path) -> int:
@@ -454,13 +507,14 @@ def ingest(
     if missing:
         raise FileNotFoundError(f"input not found: {', '.join(missing)}")
     out = Path(out_dir)
-    done = up_to_date(source, paths, out, config)
+    entries = [input_entry(source, p) for p in paths]
+    done = up_to_date(source, paths, out, config, entries)
     if done is not None:
         return IngestResult(done, _all_failures(done), skipped=True)
     work_dir = out / STAGING_DIR / source
     staged = []
     for index, path in enumerate(tqdm(paths, desc=f"{source}: read", unit="file", disable=not progress)):
-        staged.append(stage_file(source, path, work_dir, config, index))
+        staged.append(stage_file(source, path, work_dir, config, index, entries[index]))
     manifests = finalize_source(source, staged, paths, out, config, progress=progress)
     shutil.rmtree(work_dir, ignore_errors=True)
     if work_dir.parent.exists() and not any(work_dir.parent.iterdir()):

@@ -85,16 +85,31 @@ def normalize_text(text: str) -> str:
     return text if again == text else normalize_text(again)
 
 
+# A run of white space that is not already a single plain space: what folding changes.
+_FOLDABLE_RUST = (
+    _rust_class(_SPACE_RANGES) + "*" + _rust_class([r for r in _SPACE_RANGES if r != (0x20, 0x20)])
+    + _rust_class(_SPACE_RANGES) + "*|[ ]{2,}"
+)
+
+
+def _where(series: pl.Series, needs: pl.Series, step) -> pl.Series:
+    """Apply ``step`` only to the strings that need it (most strings need no step at all)."""
+    needs = needs.fill_null(False)
+    if not needs.any():
+        return series
+    positions = needs.arg_true()
+    return series.scatter(positions, step(series.gather(positions)))
+
+
 def _normalize_series(series: pl.Series) -> pl.Series:
     """Vectorized cleaning; strings that hold ``&`` go through :func:`normalize_text`."""
-    cleaned = (
-        series.str.replace_all(_INVISIBLE_RUST, "")
-        .str.replace_all(_CONTROL_RUST, " ")
-        .str.normalize("NFC")
-        .str.replace_all(_SPACE_RUST, " ")
-        .str.strip_chars(" ")
-    )
     has_entity = series.str.contains("&", literal=True).fill_null(False)
+    cleaned = _where(series, series.str.contains(_INVISIBLE_RUST), lambda s: s.str.replace_all(_INVISIBLE_RUST, ""))
+    cleaned = _where(cleaned, cleaned.str.contains(_CONTROL_RUST), lambda s: s.str.replace_all(_CONTROL_RUST, " "))
+    # ASCII text is already NFC; only the rest pays for normalization.
+    cleaned = _where(cleaned, cleaned.str.contains(r"[^\x00-\x7F]"), lambda s: s.str.normalize("NFC"))
+    cleaned = _where(cleaned, cleaned.str.contains(_FOLDABLE_RUST), lambda s: s.str.replace_all(_SPACE_RUST, " "))
+    cleaned = _where(cleaned, cleaned.str.starts_with(" ") | cleaned.str.ends_with(" "), lambda s: s.str.strip_chars(" "))
     if has_entity.any():
         positions = has_entity.arg_true()
         fixed = pl.Series([normalize_text(s) for s in series.gather(positions).to_list()], dtype=pl.String)

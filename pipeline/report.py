@@ -105,7 +105,7 @@ def metrics_plot(report: Mapping[str, Any]) -> bytes:
     axes.set_xlim(min(0.0, *model_values, *baseline_values) if rows else 0.0, 1.12)
     axes.set_xlabel("score (higher is better); label: model - baseline")
     axes.set_title(f"model vs baseline: {report['summary']['verdict']}")
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     figure.tight_layout()
     data = _png_bytes(figure)
     plt.close(figure)
@@ -117,24 +117,29 @@ def heatmap_plot(report: Mapping[str, Any]) -> bytes:
     plt = _pyplot()
     heat = report["heatmap"]
     n = len(heat["anchors"])
-    side = max(3.5, 0.55 * n + 2.5)
-    figure, panels = plt.subplots(1, 2, figsize=(2 * side + 1.5, side), squeeze=False)
-    short = [_label(text) for text in heat["anchors"]]
-    short_positives = [_label(text) for text in heat["positives"]]
+    cell = 0.5
+    figure, panels = plt.subplots(
+        1, 2, figsize=(2 * max(3.0, cell * n) + 5.5, max(3.0, cell * n) + 4.0), sharey=True, layout="constrained"
+    )
     image = None
-    for axes, key in zip(panels[0], ("model", "baseline")):
+    for axes, key in zip(panels, ("model", "baseline")):
         matrix = heat[key] if n else [[0.0]]
         image = axes.imshow(matrix, vmin=-1.0, vmax=1.0, cmap="RdBu_r")
-        axes.set_title(f"{key}" + ("" if n else " (no pairs)"))
-        if n:
-            axes.set_yticks(range(n), short, fontsize=7)
-            axes.set_xticks(range(n), short_positives, fontsize=7, rotation=60, ha="right")
-            for i in range(n):
-                for j in range(n):
-                    axes.text(j, i, f"{matrix[i][j]:.2f}", ha="center", va="center", fontsize=6,
-                              color="white" if abs(matrix[i][j]) > 0.6 else "black")
+        axes.set_title(key + ("" if n else " (no pairs)"))
+        if not n:
+            continue
+        axes.set_xticks(range(n), [_label(text) for text in heat["positives"]], fontsize=7, rotation=60, ha="right")
+        for i in range(n):
+            for j in range(n):
+                value = matrix[i][j]
+                axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if abs(value) > 0.6 else "black")
+    if n:
+        panels[0].set_yticks(range(n), [_label(text) for text in heat["anchors"]], fontsize=7)
+        panels[0].set_ylabel("anchor")
+        for axes in panels:
+            axes.set_xlabel("positive")
     figure.suptitle(f"cosine similarity, {heat['title'] or 'no pairs'} (diagonal: true pairs)", fontsize=10)
-    figure.colorbar(image, ax=panels[0].tolist(), shrink=0.8)
+    figure.colorbar(image, ax=list(panels), shrink=0.8)
     data = _png_bytes(figure)
     plt.close(figure)
     return data

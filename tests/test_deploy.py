@@ -61,3 +61,16 @@ def test_gpu_pool_template_requests_gpus_with_node_selector_and_tolerations() ->
     # every {{ placeholder }} of the job configuration is a declared variable
     placeholders = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template["job_configuration"])))
     assert placeholders <= set(variables)
+
+
+def test_flow_modules_do_not_shadow_top_level_packages() -> None:
+    """Workers load an entrypoint file with its folder on sys.path: flows/pipeline.py would hide the library."""
+    import importlib.util
+    import sys
+
+    for path in sorted((ROOT / "flows").glob("*.py")):
+        stem = path.stem
+        if stem == "__init__":
+            continue
+        assert stem not in sys.stdlib_module_names, path
+        assert stem not in {"pipeline", "flows"} and importlib.util.find_spec(stem) is None, f"{path} shadows a top-level module"

@@ -44,7 +44,7 @@ def corpus_options(tiny_model_dir: Path) -> dict:
 def pipeline_run(prefect_harness, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from prefect.runtime import flow_run  # noqa: F401  (the harness must be up)
 
-    from flows.pipeline import pairforge_pipeline
+    from flows.parent_flow import pairforge_pipeline
 
     out = tmp_path_factory.mktemp("pipeline-run")
     state = pairforge_pipeline(
@@ -133,7 +133,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 
 def test_rerun_skips_unchanged_stages(pipeline_run: dict, tiny_model_dir: Path) -> None:
-    from flows.pipeline import pairforge_pipeline
+    from flows.parent_flow import pairforge_pipeline
 
     corpus = pipeline_run["out"] / "corpus"
     before = _mtimes(corpus)
@@ -194,7 +194,7 @@ def test_library_never_imports_prefect() -> None:
 
 _BUILD_SCRIPT = """
 import sys
-from flows.pipeline import pairforge_pipeline
+from flows.parent_flow import pairforge_pipeline
 pairforge_pipeline(sources={sources!r}, out_dir={out!r}, mining={mining!r}, stop_after="config")
 """
 
@@ -203,7 +203,7 @@ def test_killed_build_resumes_to_identical_bytes(pipeline_run: dict, tiny_model_
     """SIGKILL a build once ingest has written its manifests, rerun it, compare with an uninterrupted build."""
     from prefect.settings import PREFECT_API_URL
 
-    from flows.pipeline import pairforge_pipeline
+    from flows.parent_flow import pairforge_pipeline
     from flows.verify import compare_corpora
 
     out = tmp_path / "killed"
