@@ -73,4 +73,6 @@ def test_flow_modules_do_not_shadow_top_level_packages() -> None:
         if stem == "__init__":
             continue
         assert stem not in sys.stdlib_module_names, path
-        assert stem not in {"pipeline", "flows"} and importlib.util.find_spec(stem) is None, f"{path} shadows a top-level module"
+        spec = importlib.util.find_spec(stem)
+        found_elsewhere = spec is not None and spec.origin is not None and Path(spec.origin).parent != path.parent
+        assert stem not in {"pipeline", "flows"} and not found_elsewhere, f"{path} shadows a top-level module"

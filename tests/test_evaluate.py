@@ -338,13 +338,16 @@ def test_baseline_from_train_config(tmp_path: Path, tiny_model_dir: Path) -> Non
     for item in tiny_model_dir.iterdir():
         (trained / item.name).symlink_to(item, target_is_directory=item.is_dir())
     atomic_write_json(trained / "train_config.json", {"base_model": str(tiny_model_dir)})
-    config = EvalConfig(stsb=(str(DATA / "sts-sample.csv"),), nli=(str(DATA / "senteval"),), show_progress=False)
+    config = EvalConfig(stsb=(str(DATA / "sts-sample.csv"),), nli=(str(DATA / "nli-sample.jsonl"),), show_progress=False)
     report = evaluate_model(trained, None, config, tmp_path / "report")
     assert report["baseline"]["source"] == "train_config.json base_model"
     assert report["baseline"]["path"] == str(tiny_model_dir)
     assert report["baseline"]["same_as_model"] is False  # a different folder with the same weights
     assert [row["delta"] for row in report["metrics"]] == [0.0, 0.0]
     assert report["summary"]["verdict"] == "same"
+    # without a corpus the heatmap shows NLI pairs, one per premise
+    assert report["heatmap"]["anchors"] == ["A man plays a guitar on stage.", "Two dogs run through a field."]
+    assert report["heatmap"]["positives"] == ["A man is playing music.", "Animals are outside."]
 
     # deterministic: a second run gives the same report bytes and plots
     again = tmp_path / "again"
