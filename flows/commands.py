@@ -60,7 +60,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSON list of {source, inputs} (default: the bundled examples/sources.json)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: %(default)s)")
     parser.add_argument("--model", default=None, help="encoder for mining and start model for training (default: packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--max-steps", type=int, default=30, help="training steps (default: %(default)s, a demo run)")
+    parser.add_argument("--max-steps", type=int, default=20, help="training steps (default: %(default)s, a demo run)")
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size (default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device for mining, training and evaluation (default: a GPU if visible)")
     parser.add_argument("--stsb", nargs="*", default=[], help="STSb files to evaluate on")

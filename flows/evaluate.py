@@ -20,7 +20,7 @@ from flows.artifacts import build_config
 EVALUATE_TIMEOUT_S = 6 * 3600
 
 
-@flow(name="pairforge-evaluate", timeout_seconds=EVALUATE_TIMEOUT_S, log_prints=True)
+@flow(name="pairforge-evaluate", timeout_seconds=EVALUATE_TIMEOUT_S, log_prints=False)
 def evaluate(
     model_dir: str,
     report_dir: str,

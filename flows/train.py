@@ -21,10 +21,11 @@ from prefect.artifacts import create_table_artifact
 from flows.artifacts import build_config
 
 # A run on the full corpus takes hours; two days is a hung run, not a slow one.
+# log_prints stays off: libraries print bytecode dumps and progress while training.
 TRAIN_TIMEOUT_S = 48 * 3600
 
 
-@flow(name="pairforge-train", timeout_seconds=TRAIN_TIMEOUT_S, log_prints=True)
+@flow(name="pairforge-train", timeout_seconds=TRAIN_TIMEOUT_S, log_prints=False)
 def train(
     corpus_dir: str,
     data_config: str,

@@ -534,13 +534,14 @@ def _all_failures(manifests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
 def summary_table(manifests: Sequence[Mapping[str, Any]]) -> str:
     """A plain-text table of each dataset: read, kept (train / held out), dropped by reason."""
     lines = []
-    header = f"{'dataset':<28} {'unit':<14} {'read':>10} {'kept':>10} {'train':>10} {'heldout':>8}  dropped by reason"
+    width = max([len("dataset")] + [len(m["dataset"]) for m in manifests])
+    header = f"{'dataset':<{width}} {'unit':<14} {'read':>10} {'kept':>10} {'train':>10} {'heldout':>8}  dropped by reason"
     lines.append(header)
     lines.append("-" * len(header))
     for m in manifests:
         reasons = ", ".join(f"{r}={n:,}" for r, n in sorted(m["dropped"].items(), key=lambda kv: (-kv[1], kv[0])))
         lines.append(
-            f"{m['dataset']:<28} {m['unit']:<14} {m['rows_read']:>10,} {m['rows_kept']:>10,}"
+            f"{m['dataset']:<{width}} {m['unit']:<14} {m['rows_read']:>10,} {m['rows_kept']:>10,}"
             f" {m['rows_train']:>10,} {m['rows_heldout']:>8,}  {reasons or '-'}"
         )
     return "\n".join(lines)

@@ -297,6 +297,100 @@ def build_text_table(pairs: pl.DataFrame, extra: pl.Series) -> TextTable:
 # --- step 2: embeddings ---------------------------------------------------------
 
 
+class PlainEncoder:
+    """A Transformer + mean/CLS pooling + Normalize sentence-transformers model run with
+    plain ``transformers``: the same embeddings as ``SentenceTransformer.encode``, without
+    importing sentence-transformers (about 300 MiB of resident memory saved).
+
+    Use :func:`load_mining_encoder`, which falls back to sentence-transformers for any
+    other architecture (prompts, other pooling, extra modules).
+    """
+
+    def __init__(self, folder: Path, transformer_dir: Path, pooling: str, max_seq_length: int, device: str) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(transformer_dir), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(transformer_dir), local_files_only=True, trust_remote_code=False)
+        self.model.eval().to(device)
+        self.device = device
+        self.pooling = pooling
+        self.max_seq_length = max_seq_length
+        self._torch = torch
+
+    def get_embedding_dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: list[str], **_: Any) -> np.ndarray:
+        """Normalized float32 embeddings of ``texts`` (one padded batch)."""
+        torch = self._torch
+        features = self.tokenizer(
+            texts, padding=True, truncation="longest_first", max_length=self.max_seq_length, return_tensors="pt"
+        )
+        features = {k: v.to(self.device) for k, v in features.items()}
+        with torch.inference_mode():
+            tokens = self.model(**features).last_hidden_state
+            if self.pooling == "cls":
+                pooled = tokens[:, 0]
+            else:
+                mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+                pooled = (tokens * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.float().cpu().numpy()
+
+
+def _plain_encoder_spec(folder: Path) -> tuple[Path, str, int] | None:
+    """(transformer folder, pooling, max length) when ``folder`` is a plain Transformer+Pooling(+Normalize) model."""
+    import json
+
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        if kinds not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]):
+            return None
+        transformer_dir = folder / modules[0]["path"]
+        pooling_config = json.loads((folder / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
+        mode = pooling_config.get("pooling_mode")
+        if mode is None:
+            flags = [k for k in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
+                                  "lasttoken") if pooling_config.get(f"pooling_mode_{k}")]
+            mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(flags[0]) if len(flags) == 1 else None
+        if mode not in ("mean", "cls"):
+            return None
+        st_config_path = folder / "config_sentence_transformers.json"
+        st_config = json.loads(st_config_path.read_text(encoding="utf-8")) if st_config_path.exists() else {}
+        if st_config.get("default_prompt_name") or any(st_config.get("prompts", {}).values()):
+            return None
+        bert_config_path = transformer_dir / "sentence_bert_config.json"
+        bert_config = json.loads(bert_config_path.read_text(encoding="utf-8")) if bert_config_path.exists() else {}
+        max_len = bert_config.get("max_seq_length")
+        if max_len is None:
+            tok_config_path = transformer_dir / "tokenizer_config.json"
+            tok_config = json.loads(tok_config_path.read_text(encoding="utf-8")) if tok_config_path.exists() else {}
+            max_len = tok_config.get("model_max_length")
+        if not isinstance(max_len, int) or not 0 < max_len <= 100_000:
+            return None
+        return transformer_dir, mode, max_len
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def load_mining_encoder(model_path: Path, device: str | None = None) -> Any:
+    """An encoder with ``encode``, ``tokenizer``, ``max_seq_length``, ``get_embedding_dimension``.
+
+    A plain Transformer + Pooling + Normalize model runs on ``transformers`` alone
+    (:class:`PlainEncoder`); anything else loads through sentence-transformers.
+    """
+    from pipeline.models import load_encoder, pick_device
+
+    spec = _plain_encoder_spec(model_path)
+    if spec is None:
+        return load_encoder(model_path, device=device)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return PlainEncoder(model_path, *spec, device=pick_device(device))
+
+
 def _encode_sorted(model: Any, texts: list[str], batch_size: int, echo: Echo | None) -> tuple[np.ndarray, np.ndarray]:
     """Token lengths of ``texts`` and the order that sorts them longest first."""
     tokenizer = model.tokenizer
@@ -335,18 +429,14 @@ def embed_texts(
     keys = text_keys(texts)
     model = None
     if not cache.exists:
-        from pipeline.models import load_encoder
-
-        model = load_encoder(model_path, device=device)
+        model = load_mining_encoder(model_path, device=device)
         cache.dim = int(model.get_embedding_dimension())
     embeddings = np.lib.format.open_memmap(embeddings_path, mode="w+", dtype=np.float32, shape=(len(texts), cache.dim))
     found = cache.read_into(keys, embeddings, np.arange(len(texts)))
     missing = np.flatnonzero(~found)
     if len(missing):
         if model is None:
-            from pipeline.models import load_encoder
-
-            model = load_encoder(model_path, device=device)
+            model = load_mining_encoder(model_path, device=device)
         missing_texts = [texts[i] for i in missing]
         _, order = _encode_sorted(model, missing_texts, batch_size, echo)
         started = time.perf_counter()

@@ -357,3 +357,15 @@ def test_cli_mine(pairs_dataset, tmp_path, tiny_model_dir, capsys):
     assert file_sha256(out / "manifest.json")
     assert main(argv) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_plain_encoder_matches_sentence_transformers(tiny_model_dir):
+    from pipeline.mining import PlainEncoder, load_mining_encoder
+    from pipeline.models import load_encoder
+
+    texts = [p["anchor"] for p in load_jsonl("pairs.jsonl")] + ["x", "a much longer text " * 40]
+    plain = load_mining_encoder(tiny_model_dir, device="cpu")
+    assert isinstance(plain, PlainEncoder)
+    ours = np.concatenate([plain.encode(texts[i : i + 8]) for i in range(0, len(texts), 8)])
+    theirs = load_encoder(tiny_model_dir, device="cpu").encode(texts, batch_size=8, normalize_embeddings=True)
+    assert np.abs(ours - theirs).max() < 1e-5
