@@ -146,7 +146,7 @@ def child_encoder_rate(work: Path, result: Path) -> None:
 
     from pipeline.models import load_encoder
 
-    texts = pl.read_parquet(work / "corpus.parquet")["text"].to_list()[:4000]
+    texts = pl.read_parquet(work / "corpus.parquet")["text"].to_list()[:1000]
     model = load_encoder(None, device="cpu")
     model.encode(texts[:64], batch_size=BATCH_SIZE)
     started = time.perf_counter()

@@ -406,6 +406,22 @@ def _encode_sorted(model: Any, texts: list[str], batch_size: int, echo: Echo | N
     return lengths, order
 
 
+TOKENS_PER_TEXT_BUDGET = 64
+
+
+def token_budget_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, token_budget: int) -> list[np.ndarray]:
+    """Cut length-sorted ``order`` into batches of at most ``batch_size`` texts and
+    ``token_budget`` padded tokens, so a batch of long texts stays small in memory."""
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])  # sorted longest first: the first text sets the padding
+        size = max(1, min(batch_size, token_budget // max(longest, 1)))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
 def embed_texts(
     texts: list[str],
     embeddings_path: Path,
@@ -438,13 +454,12 @@ def embed_texts(
         if model is None:
             model = load_mining_encoder(model_path, device=device)
         missing_texts = [texts[i] for i in missing]
-        _, order = _encode_sorted(model, missing_texts, batch_size, echo)
+        lengths, order = _encode_sorted(model, missing_texts, batch_size, echo)
         started = time.perf_counter()
         pending_rows: list[np.ndarray] = []
         pending_vectors: list[np.ndarray] = []
         with tqdm(total=len(order), desc="encoding", unit="text", disable=echo is None) as bar:
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
+            for batch in token_budget_batches(order, lengths, batch_size, batch_size * TOKENS_PER_TEXT_BUDGET):
                 vectors = model.encode(
                     [missing_texts[i] for i in batch], batch_size=len(batch), normalize_embeddings=True,
                     convert_to_numpy=True, show_progress_bar=False,
