@@ -41,8 +41,10 @@ DATA_CONFIG_NAME = "data_config.json"
 MINED_SUFFIX = "-mined"
 # Per-file and per-dataset work on full dumps takes minutes to hours; a task stuck
 # far longer than that is hung.
-STAGE_FILE_TIMEOUT_S = 6 * 3600
-FINALIZE_TIMEOUT_S = 12 * 3600
+# Timeouts sit on the stage flows, not on their tasks: tasks run in worker threads,
+# where Prefect can only act on a timeout after the blocking call returns (and warns
+# on every task run that it cannot).
+INGEST_TIMEOUT_S = 18 * 3600
 MINE_TIMEOUT_S = 12 * 3600
 
 
@@ -65,7 +67,6 @@ def source_up_to_date(source: str, inputs: list[str], corpus_dir: str, options: 
     name="stage-file",
     task_run_name="stage-{source}-{file_index}",
     cache_policy=NO_CACHE,
-    timeout_seconds=STAGE_FILE_TIMEOUT_S,
 )
 def stage_input_file(source: str, path: str, corpus_dir: str, options: dict[str, Any] | None, file_index: int) -> str:
     """Read, clean and stage one input file of ``source`` (:func:`pipeline.ingest.stage_file`)."""
@@ -81,7 +82,6 @@ def stage_input_file(source: str, path: str, corpus_dir: str, options: dict[str,
     name="finalize-source",
     task_run_name="finalize-{source}",
     cache_policy=NO_CACHE,
-    timeout_seconds=FINALIZE_TIMEOUT_S,
 )
 def finalize_input_source(
     source: str, staged: list[str], inputs: list[str], corpus_dir: str, options: dict[str, Any] | None
@@ -110,7 +110,7 @@ def _log_manifests(manifests: Sequence[dict[str, Any]]) -> None:
         )
 
 
-@flow(name="build-corpus", log_prints=True)
+@flow(name="build-corpus", log_prints=True, timeout_seconds=INGEST_TIMEOUT_S)
 def build_corpus(sources: list[dict[str, Any]], out_dir: str, ingest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Ingest every input file of every source, then finalize each source's datasets.
 
@@ -155,7 +155,7 @@ def mined_name(dataset: str) -> str:
     return dataset + MINED_SUFFIX
 
 
-@task(name="mine-dataset", task_run_name="mine-{dataset}", cache_policy=NO_CACHE, timeout_seconds=MINE_TIMEOUT_S)
+@task(name="mine-dataset", task_run_name="mine-{dataset}", cache_policy=NO_CACHE)
 def mine_dataset(dataset: str, corpus_dir: str, options: dict[str, Any] | None) -> dict[str, Any]:
     """Mine hard negatives for one dataset (:func:`pipeline.mining.mine_negatives`; skipped when its manifest matches)."""
     from pipeline.mining import MiningConfig, mine_negatives
@@ -169,7 +169,7 @@ def mine_dataset(dataset: str, corpus_dir: str, options: dict[str, Any] | None) 
     return manifest
 
 
-@flow(name="mine-negatives", log_prints=True)
+@flow(name="mine-negatives", log_prints=True, timeout_seconds=MINE_TIMEOUT_S)
 def mine_corpus(out_dir: str, datasets: list[str], mining: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Mine hard negatives for ``datasets`` of the corpus, one task per dataset.
 

@@ -119,6 +119,9 @@ def _prefect_defaults() -> None:
     # The library logs through the "pipeline" logger; route it into the run logs.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # No telemetry from the embedded server (its heartbeat fails noisily offline).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
