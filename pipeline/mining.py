@@ -43,7 +43,6 @@ from typing import Any, Callable, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.embedding_cache import EmbeddingCache, default_cache_dir, text_keys
 from pipeline.shards import (
@@ -186,10 +185,9 @@ class TextTable:
 
 def _read_shard(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
     try:
-        table = pq.read_table(path, columns=columns)
-    except (OSError, pa.ArrowInvalid) as exc:
+        return pl.read_parquet(path, columns=columns)
+    except (OSError, pl.exceptions.PolarsError) as exc:
         raise ValueError(f"{path}: unreadable Parquet shard ({exc})") from exc
-    return pl.from_arrow(table)
 
 
 def _negative_columns(names: list[str]) -> list[str]:
