@@ -305,8 +305,14 @@ class PlainEncoder:
     """
 
     def __init__(self, folder: Path, transformer_dir: Path, pooling: str, max_seq_length: int, device: str) -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        # transformers resolves its names lazily, and that is not thread-safe: two
+        # mining tasks starting at once in a flow's worker threads can see a half-made
+        # module ("cannot import name 'AutoModel'").
+        from pipeline.models import HEAVY_IMPORT_LOCK
+
+        with HEAVY_IMPORT_LOCK:
+            import torch
+            from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(transformer_dir), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(transformer_dir), local_files_only=True, trust_remote_code=False)
@@ -916,7 +922,13 @@ def mine_negatives(
         "source_config_hash": source_manifest.get("config_hash"),
     }
     resolved_hash = config_hash(resolved)
-    inputs = input_entries(train_files + extra_files)
+    # Paths relative to the output's parent (the corpus root): a corpus moved or rebuilt
+    # elsewhere keeps byte-identical manifests.
+    corpus_root = Path(out_dir).resolve().parent
+    inputs = [
+        {**entry, "path": os.path.relpath(Path(entry["path"]).resolve(), corpus_root)}
+        for entry in input_entries(train_files + extra_files)
+    ]
     existing = read_manifest(out_dir)
     if (
         not force
@@ -1006,7 +1018,7 @@ def mine_negatives(
         "quarantine": {"path": None, "rows": 0},
         "mined_from": {
             "dataset": source_manifest.get("dataset"),
-            "path": str(dataset_dir),
+            "path": os.path.relpath(Path(dataset_dir).resolve(), corpus_root),
             "stage": source_manifest.get("stage"),
             "config_hash": source_manifest.get("config_hash"),
         },

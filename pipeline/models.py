@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
+# torch, transformers and sentence-transformers resolve names lazily, which is not
+# thread-safe: flows load models in worker threads, several at once.
+HEAVY_IMPORT_LOCK = threading.Lock()
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 
 
@@ -69,7 +73,8 @@ def load_encoder(model: str | os.PathLike[str] | None = None, device: str | None
     """Load a sentence-transformers model from a local folder, offline, no remote code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+    with HEAVY_IMPORT_LOCK:
+        from sentence_transformers import SentenceTransformer
 
     path = resolve_model_path(model)
     return SentenceTransformer(str(path), device=pick_device(device), trust_remote_code=False, local_files_only=True, **kwargs)

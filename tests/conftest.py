@@ -29,7 +29,8 @@ TEST_DATA = Path(__file__).resolve().parent / "data"
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     """Save a tiny random BERT sentence-transformer (mean pooling, normalized) to ``folder``."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from pipeline.models import default_model_path
@@ -48,9 +49,9 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     hf_dir = folder / "hf"
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
-    transformer = models.Transformer(str(hf_dir), max_seq_length=64)
-    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    transformer = Transformer(str(hf_dir), max_seq_length=64)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
     out = folder / "tiny-st"
     model.save(str(out))
     return out
