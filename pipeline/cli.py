@@ -76,6 +76,9 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--weight", action="append", default=[], metavar="NAME=W", help="explicit policy: a dataset's weight")
     parser.add_argument("--default-weight", type=int, help="explicit policy: weight of datasets not given with --weight")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="leave out datasets (name or glob)")
+    parser.add_argument(
+        "--keep-unmined", action="store_true", help="keep a pair dataset even when its mined version is in the corpus"
+    )
     parser.add_argument("--check", type=Path, metavar="CONFIG", help="only validate CONFIG against CORPUS_DIR; write nothing")
     parser.set_defaults(run=_run_config)
 
@@ -103,6 +106,7 @@ def _run_config(args: argparse.Namespace) -> int:
         weights=weights,
         default_weight=args.default_weight,
         exclude=tuple(args.exclude),
+        prefer_mined=not args.keep_unmined,
     )
     entries = write_data_config(args.corpus_dir, args.out, policy)
     total = sum(e["weight"] for e in entries)

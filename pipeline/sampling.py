@@ -49,6 +49,9 @@ class WeightPolicy:
         weights: dataset name -> weight for ``explicit``.
         default_weight: the weight of a dataset ``explicit`` does not name, or None.
         exclude: dataset names or shell patterns (``reddit/*``) left out of the config.
+        prefer_mined: leave out a pair dataset whose mined version (the same pairs with
+            hard negatives, ``pairforge mine``) is in the corpus, so its pairs are not
+            sampled twice.
     """
 
     kind: PolicyKind = "proportional"
@@ -60,6 +63,7 @@ class WeightPolicy:
     weights: Mapping[str, int] = field(default_factory=dict)
     default_weight: int | None = None
     exclude: tuple[str, ...] = ()
+    prefer_mined: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in POLICY_KINDS:
@@ -242,9 +246,16 @@ def write_data_config(
     manifests = discover_datasets(corpus_dir)
     dropped = DropTally()
     sizes: dict[str, int] = {}
+    mined_sources = {
+        Path(m["mined_from"]["path"]).as_posix()
+        for m in manifests.values()
+        if m.get("stage") == "mine" and (m.get("mined_from") or {}).get("path")
+    }
     for name, manifest in manifests.items():
         if _excluded(name, policy.exclude):
             dropped.add("excluded")
+        elif policy.prefer_mined and name in mined_sources:
+            dropped.add("replaced_by_mined")
         elif int(manifest["rows_train"]) <= 0:
             dropped.add("no_train_rows")
         else:

@@ -300,3 +300,33 @@ def test_sampler_rejects_bad_input() -> None:
         _sampler([1], [5, 5])
     with pytest.raises(ValueError, match="positive"):
         _sampler([1, 0], [5, 5])
+
+
+def test_a_pair_dataset_with_a_mined_version_is_left_out(tmp_path: Path) -> None:
+    from pipeline.records import arrow_schema
+    from pipeline.sampling import WeightPolicy, write_data_config
+    from pipeline.shards import ShardWriter, atomic_write_json
+
+    for name, stage, extra in (
+        ("nli-pairs", "ingest", {}),
+        ("nli-pairs-mined", "mine", {"mined_from": {"dataset": "nli-pairs", "path": "nli-pairs"}}),
+        ("qqp-duplicates", "ingest", {}),
+    ):
+        folder = tmp_path / name
+        with ShardWriter(folder, arrow_schema(False)) as writer:
+            writer.write(
+                pa.table(
+                    {"anchor": ["a b", "c d"], "positive": ["e f", "g h"], "id": ["1", "2"],
+                     "source_file": ["f", "f"], "source_line": [1, 2]}
+                )
+            )
+        shards = [s.as_dict() for s in writer.shards]
+        atomic_write_json(
+            folder / "manifest.json",
+            {"dataset": name, "stage": stage, "rows_read": 2, "rows_kept": 2, "rows_train": 2, "rows_heldout": 0,
+             "dropped": {}, "shards": shards, **extra},
+        )
+    entries = write_data_config(tmp_path, tmp_path / "data_config.json", WeightPolicy())
+    assert [e["name"] for e in entries] == ["nli-pairs-mined", "qqp-duplicates"]
+    kept_both = write_data_config(tmp_path, tmp_path / "all.json", WeightPolicy(prefer_mined=False))
+    assert [e["name"] for e in kept_both] == ["nli-pairs", "nli-pairs-mined", "qqp-duplicates"]
