@@ -362,42 +362,47 @@ def _parse_lines_strictly(chunk: LineChunk, schema: pa.Schema, ctx: ReadContext)
 class _PolarsFastPath:
     """polars' JSON reader (the fastest here) for schemas of plain strings and numbers.
 
-    polars turns a number or an object found where a string is declared into its
-    text; a bad row must not pass for a good one, so a chunk in which a declared
-    string field holds anything but a string or null is left to the strict readers.
-    Any other problem (bad JSON, bad UTF-8, blank lines, a float in an int field)
-    makes polars raise or miscount, which also hands the chunk over.
+    polars turns a number, a boolean, a list or an object found where a string is
+    declared into its JSON text; a bad row must not pass for a good one. Such text
+    looks like a JSON scalar or container, so the (rare) string values that do are
+    parsed as JSON, and if one is not a JSON string the chunk is left to the strict
+    readers. Any other problem (bad JSON, bad UTF-8, blank lines, a float in an int
+    field) makes polars raise or miscount, which also hands the chunk over.
     """
 
     _FLAT = {"string": pl.String, "int64": pl.Int64, "double": pl.Float64, "bool": pl.Boolean}
+    # What polars' text of a non-string JSON value starts and ends like.
+    _LOOKS_CONVERTED = r"^(?:-?[0-9][0-9.eE+-]*|true|false|\[.*\]|\{.*\})$"
 
     def __init__(self, schema: pa.Schema) -> None:
-        import re
-
         self.schema = {f.name: self._FLAT[str(f.type)] for f in schema}
-        # One pattern per field: a literal prefix lets the regex engine skip ahead fast.
-        self._not_a_string = [
-            re.compile(b'"' + re.escape(f.name).encode() + rb'"\s*+:\s*+(?!"|null\b)')
-            for f in schema
-            if str(f.type) == "string"
-        ]
+        self._strings = [f.name for f in schema if str(f.type) == "string"]
 
     @classmethod
     def for_schema(cls, schema: pa.Schema) -> "_PolarsFastPath | None":
         return cls(schema) if all(str(f.type) in cls._FLAT for f in schema) else None
 
     def read(self, chunk: LineChunk) -> pl.DataFrame | None:
-        if any(pattern.search(chunk.data) for pattern in self._not_a_string):
-            return None
         try:
             chunk.data.decode("utf-8")
             frame = pl.read_ndjson(io.BytesIO(chunk.data), schema=self.schema)
         except (pl.exceptions.PolarsError, UnicodeDecodeError, ValueError):
             return None
-        if frame.height != chunk.n_lines:
+        if frame.height != chunk.n_lines or self._holds_converted_values(frame):
             return None
         lines = pl.int_range(chunk.first_line, chunk.first_line + chunk.n_lines, eager=True, dtype=pl.Int64)
         return frame.with_columns(lines.alias("_line"))
+
+    def _holds_converted_values(self, frame: pl.DataFrame) -> bool:
+        for name in self._strings:
+            suspects = frame.get_column(name).filter(frame.get_column(name).str.contains(self._LOOKS_CONVERTED))
+            for value in suspects.to_list():
+                try:
+                    orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    continue  # text that merely looks like JSON ("[deleted]")
+                return True
+        return False
 
 
 def read_jsonl(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.DataFrame]:

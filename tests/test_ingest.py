@@ -191,3 +191,19 @@ def test_the_library_never_imports_prefect() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(5, "wrong_type:sentence1"), (1.5, "wrong_type:sentence1"), (True, "wrong_type:sentence1"),
+     (["a", "b"], "wrong_type:sentence1"), ({"a": 1}, "wrong_type:sentence1"), ("[deleted]", None), ("5", None)],
+)
+def test_non_string_values_never_pass_as_text(tmp_path: Path, value, reason) -> None:
+    """polars' fast reader turns numbers and objects into text; they must still be caught."""
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"\n".join([snli_line(1), snli_line(2, sentence1=value), snli_line(3)]))
+    manifest = ingest("nli", [path], tmp_path / "out", IngestConfig(heldout_fraction=0, filters=IngestConfig().filters), progress=False).manifests[0]
+    if reason is None:
+        assert manifest["dropped"].get("too_short", 0) + manifest["rows_kept"] == 3
+    else:
+        assert manifest["dropped"] == {reason: 1} and manifest["rows_kept"] == 2
