@@ -130,9 +130,14 @@ def build_corpus(sources: list[dict[str, Any]], out_dir: str, ingest: dict[str, 
     logger = get_run_logger()
     staging = []  # (source, inputs, stage-file futures) of the sources to rebuild
     finished: dict[str, list[dict[str, Any]]] = {}
+    # A check hashes every input file of its source: submitted, the sources are checked
+    # in parallel (on the cluster's workers when there is one).
+    checks = []
     for entry in sources:
-        source, inputs = entry["source"], [str(p) for p in entry["inputs"]]
-        done = source_up_to_date(source, inputs, corpus, ingest)
+        inputs = [str(p) for p in entry["inputs"]]
+        checks.append((entry["source"], inputs, source_up_to_date.submit(entry["source"], inputs, corpus, ingest)))
+    for source, inputs, check in checks:
+        done = check.result()
         if done is not None:
             logger.info("%s: %d datasets up to date, skipped", source, len(done))
             finished[source] = done

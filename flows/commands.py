@@ -71,6 +71,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train through this deployment (e.g. pairforge-train/gpu) instead of in-process")
     parser.add_argument("--evaluate-deployment", default=None, metavar="FLOW/DEPLOYMENT",
                         help="evaluate through this deployment (e.g. pairforge-evaluate/cpu) instead of in-process")
+    parser.add_argument("--task-runner", default=None, metavar="SPEC",
+                        help="where corpus tasks run: 'thread' (default), 'dask:local[:N]' (N worker processes) "
+                             "or 'dask:tcp://HOST:8786' (an existing Dask scheduler); output is identical either way")
 
 
 def run_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,6 +89,7 @@ def run_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "train_deployment": args.train_deployment,
         "evaluate_deployment": args.evaluate_deployment,
         "stop_after": args.stop_after,
+        "task_runner": args.task_runner,
     }
 
 
@@ -129,6 +133,9 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the parent flow and print its summary; 0 on success."""
     _prefect_defaults()
     parameters = run_parameters(args)
+    from flows.runners import parse_runner_spec
+
+    parse_runner_spec(args.task_runner)  # fail fast, before starting Prefect
     from flows.parent_flow import pairforge_pipeline
 
     summary = pairforge_pipeline(**parameters)

@@ -12,6 +12,8 @@ evaluation. With ``train_deployment`` / ``evaluate_deployment`` set (a work pool
 configured, e.g. ``pairforge-train/gpu``), those run as deployment runs on their
 pools via ``run_deployment``, linked to this run as subflows; without them (the
 embedded default) they run in-process. Every worker must then see ``out_dir``.
+``task_runner`` (flows/runners.py) runs the tasks of build-corpus and mine-negatives
+on a Dask cluster instead of threads; the output is byte-identical either way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from prefect.tasks import exponential_backoff
 from flows.artifacts import Progress
 from flows.build_corpus import build_corpus, corpus_paths, mine_corpus, pair_datasets, write_config
 from flows.evaluate import evaluate
+from flows.runners import dask_cluster, shared_prefect_api, with_runner
 from flows.train import train
 
 BUILD_SPEC_NAME = "build.json"
@@ -117,6 +120,7 @@ def pairforge_pipeline(
     train_deployment: str | None = None,
     evaluate_deployment: str | None = None,
     stop_after: StopAfter = "evaluate",
+    task_runner: str | None = None,
 ) -> dict[str, Any]:
     """Build the corpus, mine negatives, write data_config.json, train, evaluate.
 
@@ -132,6 +136,8 @@ def pairforge_pipeline(
         train_deployment: run training as this deployment (e.g. ``pairforge-train/gpu``).
         evaluate_deployment: run evaluation as this deployment (e.g. ``pairforge-evaluate/cpu``).
         stop_after: the last stage to run: ``config`` (corpus only), ``train`` or ``evaluate``.
+        task_runner: where the corpus tasks run: None (threads), ``dask:local[:N]`` or
+            ``dask:tcp://scheduler:8786`` (:func:`flows.runners.parse_runner_spec`).
 
     Returns:
         The run's summary (see the module docstring).
@@ -146,10 +152,12 @@ def pairforge_pipeline(
     stages = stages[: stages.index(stop_after) + 1]
     progress = Progress(stages)
 
-    datasets = build_corpus(sources, str(out), ingest)
-    progress.advance("ingest")
-    mined = mine_corpus(str(out), pair_datasets(datasets) if mine is None else mine, mining)
-    progress.advance("mine")
+    # One cluster (and one Prefect API the workers report to) for both corpus stages.
+    with shared_prefect_api(task_runner), dask_cluster(task_runner) as runner:
+        datasets = with_runner(build_corpus, runner)(sources, str(out), ingest)
+        progress.advance("ingest")
+        mined = with_runner(mine_corpus, runner)(str(out), pair_datasets(datasets) if mine is None else mine, mining)
+        progress.advance("mine")
     entries = write_config(str(out), policy)
     # What verify needs to rebuild this corpus: the inputs and every corpus config.
     atomic_write_json(

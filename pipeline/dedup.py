@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -59,15 +59,29 @@ class ExactDeduplicator:
             if hi > lo:
                 records[order[lo:hi]].tofile(self._files[b])
 
-    def keep_mask(self) -> np.ndarray:
-        """True for the first row of each distinct hash, in the order rows were added."""
+    def keep_mask(self, map_partitions: Callable[[Callable[[Path], np.ndarray], list[Path]], Iterable[np.ndarray]] = map) -> np.ndarray:
+        """True for the first row of each distinct hash, in the order rows were added.
+
+        Args:
+            map_partitions: applies :func:`partition_first_rows` to every partition
+                file, like the builtin ``map`` (the default, in this process) or an
+                executor's map (a Dask client's ``map`` + ``gather``, a process pool):
+                partitions are independent and the merge does not depend on the order
+                results come back in, so the mask is the same either way.
+        """
         for handle in self._files:
             handle.close()
         keep = np.zeros(self.rows, dtype=bool)
-        for bucket in range(self.n_buckets):
-            keep[first_occurrences(np.fromfile(self._dir / f"bucket-{bucket:04d}.bin", dtype=_ROW_DTYPE))] = True
+        paths = [self._dir / f"bucket-{bucket:04d}.bin" for bucket in range(self.n_buckets)]
+        for first_rows in map_partitions(partition_first_rows, paths):
+            keep[first_rows] = True
         self._tmp.cleanup()
         return keep
+
+
+def partition_first_rows(path: str | Path) -> np.ndarray:
+    """Row numbers of the first occurrences in one spilled partition file (a task of its own)."""
+    return first_occurrences(np.fromfile(Path(path), dtype=_ROW_DTYPE))
 
 
 def first_occurrences(records: np.ndarray) -> np.ndarray:

@@ -77,7 +77,8 @@ def test_pipeline_writes_every_stage(pipeline_run: dict) -> None:
     assert "negative" in summary["mined"]["nli-pairs-mined"]["columns"]
     entries = json.loads((corpus / "data_config.json").read_text())
     assert entries == summary["config_entries"]
-    assert {e["name"] for e in entries} == {"nli-pairs", "nli-triplets", "nli-pairs-mined"}
+    # The mined dataset (the same pairs with hard negatives) replaces nli-pairs.
+    assert {e["name"] for e in entries} == {"nli-triplets", "nli-pairs-mined"}
     assert summary["train"]["steps"] == 3
     assert (out / "model" / "train_config.json").is_file()
     assert (out / "eval" / "report.json").is_file()
