@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from pipeline import shards as shard_io
 from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
 from pipeline.formats import DEFAULT_MAX_LINE_BYTES, InputFileError, ReadContext
-from pipeline.normalize import TextFilters, clean_and_filter
+from pipeline.normalize import TextFilters, clean_and_filter, set_reason
 from pipeline.records import arrow_schema, shard_columns
 from pipeline.sources import DatasetSpec, get_source
 
@@ -347,12 +347,7 @@ def _write_dataset(
         with _IpcAppender(kept_path) as kept_writer:
             for frame in _slices(candidates_path, total):
                 if spec.with_negative:
-                    frame = frame.with_columns(
-                        pl.when(pl.col("drop_reason").is_null() & pl.col("negative").is_null())
-                        .then(pl.lit("missing_negative"))
-                        .otherwise(pl.col("drop_reason"))
-                        .alias("drop_reason")
-                    )
+                    frame = set_reason(frame, pl.col("negative").is_null(), "missing_negative")
                 frame = clean_and_filter(frame, config.filters)
                 counts = frame.get_column("drop_reason").drop_nulls().value_counts()
                 dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))

@@ -23,6 +23,7 @@ import html
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import TypeVar
 
 import polars as pl
 
@@ -137,8 +138,14 @@ class TextFilters:
     drop_anchor_equals_positive: bool = True
 
 
-def set_reason(frame: pl.DataFrame, condition: pl.Expr, reason: str) -> pl.DataFrame:
-    """Mark rows where ``condition`` holds with ``reason``, unless an earlier reason did."""
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+
+
+def set_reason(frame: FrameT, condition: pl.Expr, reason: str) -> FrameT:
+    """Mark rows where ``condition`` holds with ``reason``, unless an earlier reason did.
+
+    Works on DataFrames and LazyFrames alike: sources use it on their candidates too.
+    """
     return frame.with_columns(
         pl.when(pl.col("drop_reason").is_null() & condition.fill_null(False))
         .then(pl.lit(reason))

@@ -23,6 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.formats import InputFileError, ReadContext, read_jsonl, read_text_lines, reject_null_fields
+from pipeline.normalize import set_reason
 from pipeline.sources import DatasetSpec
 
 NAME = "nli"
@@ -142,12 +143,7 @@ def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.Laz
     )
     triplets = (
         rows.join(first_contradiction, on="premise", how="left", maintain_order="left")
-        .with_columns(
-            pl.when(pl.col("drop_reason").is_null() & pl.col("negative").is_null())
-            .then(pl.lit("no_contradiction_for_premise"))
-            .otherwise(pl.col("drop_reason"))
-            .alias("drop_reason")
-        )
+        .pipe(set_reason, pl.col("negative").is_null(), "no_contradiction_for_premise")
         .select(
             pl.col("premise").alias("anchor"),
             pl.col("hypothesis").alias("positive"),

@@ -35,6 +35,7 @@ from typing import Iterator
 import polars as pl
 
 from pipeline.formats import InputFileError, ReadContext, open_decompressed, read_delimited
+from pipeline.normalize import set_reason
 from pipeline.sources import DatasetSpec
 
 NAME = "qqp"
@@ -193,12 +194,7 @@ def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.Laz
         rows.join(negative_of_q1, on="key1", how="left", maintain_order="left")
         .join(negative_of_q2, on="key2", how="left", maintain_order="left")
         .with_columns(pl.coalesce("negative1", "negative2").alias("negative"))
-        .with_columns(
-            pl.when(pl.col("drop_reason").is_null() & pl.col("negative").is_null())
-            .then(pl.lit("no_non_duplicate_for_question"))
-            .otherwise(pl.col("drop_reason"))
-            .alias("drop_reason")
-        )
+        .pipe(set_reason, pl.col("negative").is_null(), "no_non_duplicate_for_question")
         .select(pl.col("question1").alias("anchor"), pl.col("question2").alias("positive"), "negative", *_OUTPUT)
     )
     return {"qqp-duplicates": duplicates, "qqp-triplets": triplets}
