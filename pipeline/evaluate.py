@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.shards import DropTally, MANIFEST_NAME, config_hash, library_versions, read_manifest, shard_paths
+from pipeline.shards import DropTally, MANIFEST_NAME, config_hash, library_versions, shard_paths
 
 TRAIN_CONFIG_NAME = "train_config.json"
 REPORT_NAME = "report.json"

@@ -19,7 +19,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 import orjson
 import polars as pl
@@ -318,11 +318,6 @@ def _value_fits(value: Any, arrow_type: pa.DataType) -> bool:
     if isinstance(value, bool) and bool not in expected:
         return False
     return isinstance(value, expected)
-
-
-def _empty_frame(schema: pa.Schema) -> pl.DataFrame:
-    frame = pl.from_arrow(schema.empty_table())
-    return frame.with_columns(pl.Series("_line", [], dtype=pl.Int64))
 
 
 def _parse_lines_strictly(chunk: LineChunk, schema: pa.Schema, ctx: ReadContext) -> pl.DataFrame:

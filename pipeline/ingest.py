@@ -33,7 +33,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import shards as shard_io
 from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter

@@ -31,6 +31,8 @@ _JSON_SCHEMA = pa.schema(
     [("sentence1", pa.string()), ("sentence2", pa.string()), ("gold_label", pa.string()), ("pairID", pa.string())]
 )
 _LABELS = ("entailment", "neutral", "contradiction")
+# The columns every candidate frame ends with, after its texts.
+_CANDIDATE_TAIL = ("id", "source_file", "source_line", "_file_index", "drop_reason")
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,7 @@ def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.Laz
     pairs = rows.select(
         pl.col("premise").alias("anchor"),
         pl.col("hypothesis").alias("positive"),
-        "id",
-        "source_file",
-        "source_line",
-        "_file_index",
-        "drop_reason",
+        *_CANDIDATE_TAIL,
     )
     first_contradiction = (
         rows.filter(pl.col("label") == "contradiction")
@@ -148,11 +146,7 @@ def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.Laz
             pl.col("premise").alias("anchor"),
             pl.col("hypothesis").alias("positive"),
             "negative",
-            "id",
-            "source_file",
-            "source_line",
-            "_file_index",
-            "drop_reason",
+            *_CANDIDATE_TAIL,
         )
     )
     return {"nli-pairs": pairs, "nli-triplets": triplets}
