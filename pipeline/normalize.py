@@ -167,8 +167,6 @@ def clean_and_filter(frame: pl.DataFrame, filters: TextFilters) -> pl.DataFrame:
     texts = [c for c in ("anchor", "positive", "negative") if c in frame.columns]
     if "drop_reason" not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("drop_reason"))
-    # Cleaning keeps nulls null and strings strings, so this is the same before or after it.
-    required = [c for c in texts if c != "negative" or frame.get_column("negative").null_count() == 0]
     pending = frame.get_column("drop_reason").is_null()
     if pending.all():
         for column in texts:
@@ -179,10 +177,12 @@ def clean_and_filter(frame: pl.DataFrame, filters: TextFilters) -> pl.DataFrame:
             frame.get_column(c).scatter(positions, _normalize_series(frame.get_column(c).gather(positions)))
             for c in texts
         )
+    # A null text (a negative a row does not have) compares as null, which set_reason
+    # reads as "no": each row is judged on the texts it has, whatever else is in the batch.
     lengths = {c: pl.col(c).str.len_chars() for c in texts}
-    frame = set_reason(frame, pl.any_horizontal([lengths[c] == 0 for c in required]), "empty_text")
-    frame = set_reason(frame, pl.any_horizontal([lengths[c] < filters.min_chars for c in required]), "too_short")
-    frame = set_reason(frame, pl.any_horizontal([lengths[c] > filters.max_chars for c in required]), "too_long")
+    frame = set_reason(frame, pl.any_horizontal([lengths[c] == 0 for c in texts]), "empty_text")
+    frame = set_reason(frame, pl.any_horizontal([lengths[c] < filters.min_chars for c in texts]), "too_short")
+    frame = set_reason(frame, pl.any_horizontal([lengths[c] > filters.max_chars for c in texts]), "too_long")
     if filters.drop_anchor_equals_positive:
         frame = set_reason(frame, pl.col("anchor") == pl.col("positive"), "anchor_equals_positive")
     if "negative" in texts:

@@ -73,3 +73,16 @@ def test_filters_mark_each_rejected_row_with_its_reason() -> None:
     )
     out = clean_and_filter(frame, TextFilters(min_chars=2, max_chars=40))
     assert out["drop_reason"].to_list() == [None, "too_short", "anchor_equals_positive", "earlier_reason", "empty_text", "too_long"]
+
+
+def test_a_short_negative_is_dropped_whatever_else_is_in_the_batch() -> None:
+    frame = pl.DataFrame(
+        {
+            "anchor": ["a long enough anchor", "another anchor here"],
+            "positive": ["a long enough positive", "another positive here"],
+            "negative": pl.Series(["x", None], dtype=pl.String),
+            "drop_reason": pl.Series([None, "not_entailment"], dtype=pl.String),
+        }
+    )
+    out = clean_and_filter(frame, TextFilters(min_chars=2))
+    assert out["drop_reason"].to_list() == ["too_short", "not_entailment"]
