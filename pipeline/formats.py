@@ -19,8 +19,11 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, TypeVar
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -220,7 +223,7 @@ def iter_line_chunks(stream: BinaryIO, ctx: ReadContext) -> Iterator[LineChunk]:
     ``ctx.lines_seen`` ends as the file's line count.
     """
     line_no = 1
-    buffer = bytearray()
+    pending = b""  # the start of a line whose end is not read yet
     skipping = False
     first = True
     while True:
@@ -241,24 +244,44 @@ def iter_line_chunks(stream: BinaryIO, ctx: ReadContext) -> Iterator[LineChunk]:
             block = block[cut + 1 :]
             skipping = False
             line_no += 1
-        buffer += block
-        cut = buffer.rfind(b"\n")
+        cut = block.rfind(b"\n")
         if cut >= 0:
-            whole = bytes(buffer[: cut + 1])
-            del buffer[: cut + 1]
-            n_lines = whole.count(b"\n")
+            # One copy of the block at most: whole lines go out, the tail waits.
+            if pending:
+                whole = b"".join((pending, memoryview(block)[: cut + 1]))
+            elif cut + 1 == len(block):
+                whole = block
+            else:
+                whole = block[: cut + 1]
+            pending = block[cut + 1 :]
+            n_lines = count_newlines(whole)
             yield from _bounded_chunks(whole, line_no, ctx, n_lines)
             line_no += n_lines
-        if len(buffer) > ctx.max_line_bytes:
-            ctx.reject(line_no, "line_too_long", bytes(buffer[:QUARANTINE_HEAD_BYTES]))
-            buffer.clear()
+        else:
+            pending += block
+        if len(pending) > ctx.max_line_bytes:
+            ctx.reject(line_no, "line_too_long", pending[:QUARANTINE_HEAD_BYTES])
+            pending = b""
             skipping = True
     if skipping:
         line_no += 1
-    elif buffer:
-        yield from _bounded_chunks(bytes(buffer) + b"\n", line_no, ctx)
+    elif pending:
+        yield from _bounded_chunks(pending + b"\n", line_no, ctx)
         line_no += 1
     ctx.lines_seen = line_no - 1
+
+
+_COUNT_STEP = 1 << 20
+
+
+def count_newlines(data: bytes) -> int:
+    """The number of ``\\n`` bytes in ``data``.
+
+    numpy, a MiB at a time: about twice ``bytes.count``'s speed, and the small
+    temporary is reused by the allocator instead of faulting in fresh pages.
+    """
+    view = np.frombuffer(data, dtype=np.uint8)
+    return sum(int(np.count_nonzero(view[i : i + _COUNT_STEP] == 10)) for i in range(0, len(view), _COUNT_STEP))
 
 
 def _lines_within(data: bytes, limit: int) -> bool:
@@ -280,7 +303,7 @@ def _lines_within(data: bytes, limit: int) -> bool:
 def _bounded_chunks(whole: bytes, line_no: int, ctx: ReadContext, n_lines: int | None = None) -> Iterator[LineChunk]:
     """Split whole lines further when one of them is over the size bound."""
     if _lines_within(whole, ctx.max_line_bytes):
-        yield LineChunk(whole, line_no, whole.count(b"\n") if n_lines is None else n_lines)
+        yield LineChunk(whole, line_no, count_newlines(whole) if n_lines is None else n_lines)
         return
     kept: list[bytes] = []
     first_kept = line_no
@@ -368,6 +391,7 @@ class _PolarsFastPath:
     _FLAT = {"string": pl.String, "int64": pl.Int64, "double": pl.Float64, "bool": pl.Boolean}
     # What polars' text of a non-string JSON value starts and ends like.
     _LOOKS_CONVERTED = r"^(?:-?[0-9][0-9.eE+-]*|true|false|\[.*\]|\{.*\})$"
+    _STARTS_LIKE_CONVERTED = r"^[-0-9tf\[{]"
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = {f.name: self._FLAT[str(f.type)] for f in schema}
@@ -379,7 +403,8 @@ class _PolarsFastPath:
 
     def read(self, chunk: LineChunk) -> pl.DataFrame | None:
         try:
-            chunk.data.decode("utf-8")
+            # polars validates the UTF-8 of every line (also of fields it does not
+            # keep) and raises on a bad byte: no separate decode pass is needed.
             frame = pl.read_ndjson(io.BytesIO(chunk.data), schema=self.schema)
         except (pl.exceptions.PolarsError, UnicodeDecodeError, ValueError):
             return None
@@ -389,6 +414,16 @@ class _PolarsFastPath:
         return frame.with_columns(lines.alias("_line"))
 
     def _holds_converted_values(self, frame: pl.DataFrame) -> bool:
+        if not self._strings:
+            return False
+        # One cheap pass first: a converted value starts like a number, a boolean, a
+        # list or an object; only rows with such a start are matched in full.
+        starts = frame.select(
+            pl.any_horizontal(pl.col(name).str.contains(self._STARTS_LIKE_CONVERTED) for name in self._strings)
+        ).to_series()
+        if not starts.any():
+            return False
+        frame = frame.filter(starts)
         for name in self._strings:
             suspects = frame.get_column(name).filter(frame.get_column(name).str.contains(self._LOOKS_CONVERTED))
             for value in suspects.to_list():
@@ -398,6 +433,47 @@ class _PolarsFastPath:
                     continue  # text that merely looks like JSON ("[deleted]")
                 return True
         return False
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[tuple[T, R]]:
+    """``(item, function(item))`` in the order of ``items``, computed on a thread pool.
+
+    For functions that release the GIL (polars, numpy, hashing). At most
+    ``2 * workers`` items are in flight, so memory stays bounded. ``workers``
+    defaults to polars' thread pool size (which follows ``POLARS_MAX_THREADS``); with
+    one worker everything runs in the calling thread.
+    """
+    workers = workers or pl.thread_pool_size()
+    if workers <= 1:
+        for item in items:
+            yield item, function(item)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pairforge-parse") as pool:
+        window: deque[tuple[T, Future[R]]] = deque()
+        try:
+            for item in items:
+                window.append((item, pool.submit(function, item)))
+                if len(window) >= 2 * workers:
+                    first, future = window.popleft()
+                    yield first, future.result()
+        except GeneratorExit:  # the consumer stopped early
+            for _, future in window:
+                future.cancel()
+            raise
+        except Exception:
+            # ``items`` raised (a truncated archive): what was read before the break
+            # still comes out, then the error goes on.
+            while window:
+                first, future = window.popleft()
+                yield first, future.result()
+            raise
+        while window:
+            first, future = window.popleft()
+            yield first, future.result()
 
 
 def read_jsonl(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.DataFrame]:
@@ -416,12 +492,15 @@ def read_jsonl(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.D
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     fast = _PolarsFastPath.for_schema(schema)
     with open_decompressed(path) as stream:
-        for chunk in iter_line_chunks(stream, ctx):
-            if fast is not None:
-                frame = fast.read(chunk)
-                if frame is not None:
-                    yield frame
-                    continue
+        chunks = iter_line_chunks(stream, ctx)
+        # polars parses one chunk on one thread (releasing the GIL): several chunks
+        # are parsed at once while this thread cuts the next ones. Results come back
+        # in order; chunks the fast path refuses are read strictly, here, in order.
+        parsed = ordered_map(fast.read, chunks) if fast is not None else ((c, None) for c in chunks)
+        for chunk, frame in parsed:
+            if frame is not None:
+                yield frame
+                continue
             try:
                 # pyarrow's JSON reader does not check UTF-8; a bad byte must not reach a shard.
                 chunk.data.decode("utf-8")

@@ -8,7 +8,7 @@ as docs/corpus-format.md describes.
 Two steps, so a flow can run the first once per file and a cluster can spread it:
 
 1. :func:`stage_file` reads ONE input file with its source module and spills the
-   source's rows to ``<out>/.staging/<source>/<n>-<sha>/rows.arrow`` with its
+   source's rows to ``<out>/.staging/<source>/<n>/rows/*.arrow`` with its
    unreadable-row counts and quarantine. A staged file whose input hash and config are
    unchanged is reused, so a killed run resumes.
 2. :func:`finalize_source` joins the staged files into candidate pairs per dataset,
@@ -26,13 +26,14 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from pipeline import shards as shard_io
 from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
@@ -42,7 +43,7 @@ from pipeline.records import arrow_schema, shard_columns
 from pipeline.sources import DatasetSpec, get_source
 
 STAGING_DIR = ".staging"
-STAGED_ROWS = "rows.arrow"
+STAGED_ROWS = "rows"
 _BATCH_ROWS = 200_000
 _HASH_SEEDS = (0x5EED_0001, 0x5EED_0002)
 
@@ -132,6 +133,7 @@ class StagedFile:
     folder: Path
     input: dict[str, Any]
     lines: int
+    rows: int
     bad_rows: dict[str, int]
     failure: str | None
 
@@ -144,56 +146,80 @@ def stage_file(
     Returns the staged folder. Reuses a staged folder whose input hash and config
     match. A truncated or corrupt archive does not raise: the rows read before the
     break are kept and ``stage.json`` records the failure.
+
+    ``entry`` is the input's ``{path, bytes, sha256}`` when the caller has it already;
+    otherwise the file is hashed in a background thread while it is read (hashlib
+    releases the GIL, so the hash costs almost no wall time on a second core).
     """
     module = get_source(source)
     options = source_options(source, config.source_options)
-    entry = entry or input_entry(source, Path(path))
     stage_config = {"source": source, "options": dataclasses.asdict(options), "max_line_bytes": config.max_line_bytes}
-    stage_hash = shard_io.config_hash({"input": entry, "config": stage_config, "file_index": file_index})
-    folder = Path(work_dir) / f"{file_index:05d}-{entry['sha256'][:16]}"
+    folder = Path(work_dir) / f"{file_index:05d}"
     marker = folder / "stage.json"
     if marker.exists():
+        entry = entry or input_entry(source, Path(path))
         try:
-            if json.loads(marker.read_text())["stage_hash"] == stage_hash:
+            if json.loads(marker.read_text())["stage_hash"] == _stage_hash(entry, stage_config, file_index):
                 return folder
         except (ValueError, KeyError):
             pass
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    hashing = None
+    if entry is None:
+        hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairforge-hash")
+        entry_future = hashing.submit(input_entry, source, Path(path))
     ctx = ReadContext(path=Path(path), display_name=str(path), file_index=file_index, max_line_bytes=config.max_line_bytes)
-    writer: pa.ipc.RecordBatchFileWriter | None = None
     rows = 0
     failure = None
-    tmp_rows = folder / ".rows.arrow.tmp"
-    try:
-        for batch in module.stage_file(Path(path), ctx, options):
-            batch = batch.with_columns(
+    tmp_rows = folder / ".rows.tmp"
+    writer = FrameFiles(tmp_rows)
+    pending: list[pl.DataFrame] = []
+    pending_rows = 0
+
+    def flush() -> None:
+        # Batches of about _BATCH_ROWS rows, one file each: finalize reads them back
+        # without concatenating.
+        nonlocal pending, pending_rows
+        if not pending:
+            return
+        frame = _concat(pending)
+        pending, pending_rows = [], 0
+        writer.write(
+            frame.with_columns(
                 pl.lit(file_index, dtype=pl.Int64).alias("_file_index"), pl.lit(str(path)).alias("source_file")
             )
-            table = batch.to_arrow()
-            if writer is None:
-                # Uncompressed Arrow: staged rows are read back once, soon; speed over size.
-                staged_schema = table.schema
-                writer = pa.ipc.new_file(str(tmp_rows), staged_schema)
-            elif table.schema != staged_schema:
-                table = table.cast(staged_schema)
-            writer.write_table(table)
-            rows += table.num_rows
+        )
+
+    try:
+        for batch in module.stage_file(Path(path), ctx, options):
+            pending.append(batch)
+            pending_rows += batch.height
+            rows += batch.height
+            if pending_rows >= _BATCH_ROWS:
+                flush()
     except InputFileError as exc:
         failure = str(exc)
     finally:
-        if writer is not None:
-            writer.close()
-    if writer is not None:
+        flush()
+        if hashing is not None:
+            entry = entry_future.result()
+            hashing.shutdown()
+    assert entry is not None
+    if writer.files():
         os.replace(tmp_rows, folder / STAGED_ROWS)
+    else:
+        shutil.rmtree(tmp_rows)
     with open(folder / "quarantine.jsonl", "wb") as handle:
-        for record in ctx.quarantine:
+        # In line order: readers may find bad rows out of order (chunks are parsed
+        # in parallel), and the file must not depend on how many threads did it.
+        for record in sorted(ctx.quarantine, key=lambda r: r["line"]):
             handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
     shard_io.atomic_write_json(
         marker,
         {
-            "stage_hash": stage_hash,
+            "stage_hash": _stage_hash(entry, stage_config, file_index),
             "input": entry,
             "lines": ctx.lines_seen,
             "rows": rows,
@@ -202,6 +228,10 @@ def stage_file(
         },
     )
     return folder
+
+
+def _stage_hash(entry: dict[str, Any], stage_config: dict[str, Any], file_index: int) -> str:
+    return shard_io.config_hash({"input": entry, "config": stage_config, "file_index": file_index})
 
 
 def input_entry(source: str, path: Path) -> dict[str, Any]:
@@ -225,7 +255,7 @@ def input_entry(source: str, path: Path) -> dict[str, Any]:
 def read_stage(folder: Path) -> StagedFile:
     """What a staged folder holds (its ``stage.json``)."""
     data = json.loads((folder / "stage.json").read_text())
-    return StagedFile(folder, data["input"], data["lines"], data["bad_rows"], data["failure"])
+    return StagedFile(folder, data["input"], data["lines"], data["rows"], data["bad_rows"], data["failure"])
 
 
 def _dataset_manifest_matches(folder: Path, inputs: list[dict[str, Any]], hash_: str) -> dict[str, Any] | None:
@@ -249,11 +279,17 @@ def up_to_date(
     config: IngestConfig,
     entries: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]] | None:
-    """The manifests of every dataset if all already match inputs and config, else None."""
+    """The manifests of every dataset if all already match inputs and config, else None.
+
+    Inputs are hashed only when every dataset has a manifest to compare them with.
+    """
+    specs = planned_datasets(source, inputs, config)
+    if not all((Path(out_dir) / spec.name / shard_io.MANIFEST_NAME).exists() for spec in specs):
+        return None
     entries = entries or [input_entry(source, Path(p)) for p in inputs]
     hash_ = shard_io.config_hash(config.resolved(source))
     manifests = []
-    for spec in planned_datasets(source, inputs, config):
+    for spec in specs:
         manifest = _dataset_manifest_matches(Path(out_dir) / spec.name, entries, hash_)
         if manifest is None:
             return None
@@ -268,36 +304,154 @@ def finalize_source(
     out_dir: Path,
     config: IngestConfig,
     progress: bool = True,
+    map_partitions: MapPartitions = map,
 ) -> list[dict[str, Any]]:
-    """Turn the staged files of a source into finished datasets; return their manifests."""
+    """Turn the staged files of a source into finished datasets; return their manifests.
+
+    Candidates are built three ways, as each dataset's spec allows (see
+    :class:`pipeline.sources.DatasetSpec`), so memory stays bounded where it can:
+
+    * ``row_local``: batch by batch over the staged rows, in input order; every such
+      dataset of the source is fed from the same pass;
+    * ``partition_key``: the staged rows are spread over hash partitions of that
+      column on disk, and each partition's candidates are built on their own
+      (partition after partition, input order within one);
+    * otherwise the whole source at once (a polars join over all staged rows).
+
+    ``map_partitions`` runs the exact-dedup partitions (an executor's map spreads
+    them over a cluster; :meth:`pipeline.dedup.ExactDeduplicator.keep_mask`).
+    """
+    from tqdm import tqdm
+
     module = get_source(source)
     options = source_options(source, config.source_options)
     stages = [read_stage(Path(f)) for f in staged]
     entries = [dict(s.input) for s in stages]
     resolved = config.resolved(source)
     hash_ = shard_io.config_hash(resolved)
-    staged_files = [str(s.folder / STAGED_ROWS) for s in stages if (s.folder / STAGED_ROWS).exists()]
-    candidates = module.build_candidates(pl.scan_ipc(staged_files), options) if staged_files else {}
+    staged_files = [file for s in stages for file in FrameFiles(s.folder / STAGED_ROWS, create=False).files()]
     failures = [{"path": s.input["path"], "error": s.failure} for s in stages if s.failure]
-    manifests = []
-    for spec in module.dataset_specs([Path(p) for p in inputs], options):
+    specs = module.dataset_specs([Path(p) for p in inputs], options)
+    manifests: dict[str, dict[str, Any]] = {}
+    builders: dict[str, _DatasetBuilder] = {}
+    for spec in specs:
         folder = Path(out_dir) / spec.name
         existing = _dataset_manifest_matches(folder, entries, hash_)
         if existing is not None:
-            manifests.append(existing)
-            continue
-        manifests.append(
-            _write_dataset(spec, candidates.get(spec.name), stages, entries, failures, folder, config, resolved, hash_, source, progress)
-        )
-    return manifests
+            manifests[spec.name] = existing
+        else:
+            builders[spec.name] = _DatasetBuilder(spec, stages, folder, config)
+    total_rows = sum(s.rows for s in stages)
+    row_local = [b for b in builders.values() if b.spec.row_local]
+    partitioned = [b for b in builders.values() if not b.spec.row_local and b.spec.partition_key]
+    whole = [b for b in builders.values() if not b.spec.row_local and not b.spec.partition_key]
+    if row_local:
+        bar = tqdm(total=total_rows, desc=f"{source}: clean", unit="row", disable=not progress, leave=False)
+        for batch in _staged_batches(staged_files):
+            candidates = module.build_candidates(batch.lazy(), options)
+            for builder in row_local:
+                lazy = candidates.get(builder.spec.name)
+                if lazy is not None:
+                    builder.add(lazy.collect())
+            bar.update(batch.height)
+        bar.close()
+    for builder in partitioned:
+        for part in _key_partitions(staged_files, builder.spec.partition_key, builder.folder, desc=builder.spec.name, progress=progress):
+            builder.add(module.build_candidates(part.lazy(), options)[builder.spec.name].collect())
+    if whole and staged_files:
+        candidates = module.build_candidates(pl.scan_ipc([str(f) for f in staged_files]), options)
+        for builder in whole:
+            lazy = candidates.get(builder.spec.name)
+            if lazy is not None:
+                spill = builder.folder / ".candidates.arrow"
+                builder.folder.mkdir(parents=True, exist_ok=True)
+                _spill_in_input_order(lazy, spill)
+                for batch in pl.scan_ipc(spill).collect_batches(chunk_size=_BATCH_ROWS):
+                    builder.add(batch)
+                spill.unlink()
+    for name, builder in builders.items():
+        manifests[name] = builder.finish(entries, failures, resolved, hash_, source, progress, map_partitions)
+    return [manifests[spec.name] for spec in specs]
 
 
-def heldout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
-    """True for ids in the held-out split: ``xxh64(id) / 2**64 < fraction``."""
+MapPartitions = Callable[[Callable[[Path], np.ndarray], list[Path]], Iterable[np.ndarray]]
+# Rows of staged data per candidate batch, and bytes of staged data per key partition.
+_PARTITION_BYTES = 32 << 20
+
+
+def _staged_batches(paths: Sequence[Path], batch_rows: int = _BATCH_ROWS) -> Iterator[pl.DataFrame]:
+    """The rows of Arrow IPC files in order, about ``batch_rows`` at a time.
+
+    One file is open at a time (the files are batches of :class:`FrameFiles`), so
+    however large the whole, memory holds about one batch.
+    """
+    pending: list[pl.DataFrame] = []
+    pending_rows = 0
+    for path in paths:
+        batch = pl.read_ipc(path)
+        pending.append(batch)
+        pending_rows += batch.height
+        if pending_rows >= batch_rows:
+            yield _concat(pending)
+            pending, pending_rows = [], 0
+    if pending:
+        yield _concat(pending)
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    # One chunk per column: polars 2.1 can panic on string functions over frames
+    # concatenated from several record batches.
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed", rechunk=True)
+
+
+def _key_partitions(
+    paths: Sequence[Path], key: str, work_dir: Path, desc: str, progress: bool
+) -> Iterator[pl.DataFrame]:
+    """The staged rows split by a hash of column ``key``, one partition at a time.
+
+    Rows with equal keys land in the same partition, in input order. The number of
+    partitions follows the staged size (about ``_PARTITION_BYTES`` each), so it is the
+    same on every rebuild of the same inputs; one partition is held at a time.
+    """
+    from tqdm import tqdm
+
+    total_bytes = sum(path.stat().st_size for path in paths)
+    n_parts = max(1, -(-total_bytes // _PARTITION_BYTES))
+    if n_parts == 1:
+        batches = list(_staged_batches(paths))
+        if batches:
+            yield pl.concat(batches, how="vertical_relaxed")
+        return
+    work_dir.mkdir(parents=True, exist_ok=True)
+    part_dir = Path(tempfile.mkdtemp(prefix=".partitions-", dir=work_dir))
+    try:
+        writers = [FrameFiles(part_dir / f"part-{index:05d}") for index in range(n_parts)]
+        bar = tqdm(desc=f"{desc}: partition", unit="row", disable=not progress, leave=False)
+        for batch in _staged_batches(paths):
+            part = (pl.col(key).hash(_HASH_SEEDS[0]) % n_parts).alias("_part")
+            split = batch.with_columns(part).partition_by("_part", as_dict=True, include_key=False, maintain_order=True)
+            for (index,), rows in split.items():
+                writers[int(index)].write(rows)
+            bar.update(batch.height)
+        bar.close()
+        for writer in writers:
+            files = writer.files()
+            if files:
+                batches = list(_staged_batches(files))
+                shutil.rmtree(writer.folder)
+                yield _concat(batches)
+    finally:
+        shutil.rmtree(part_dir, ignore_errors=True)
+
+
+def heldout_mask(ids: Sequence[str] | pl.Series, fraction: float) -> np.ndarray:
+    """True for ids in the held-out split: ``xxh64(utf-8 bytes of id) / 2**64 < fraction``."""
     import xxhash
 
     limit = int(fraction * 2**64)
-    return np.fromiter((xxhash.xxh64_intdigest(i.encode("utf-8")) < limit for i in ids), dtype=bool, count=len(ids))
+    encoded = ids.cast(pl.Binary).to_list() if isinstance(ids, pl.Series) else [i.encode("utf-8") for i in ids]
+    digests = np.fromiter(map(xxhash.xxh64_intdigest, encoded), dtype=np.uint64, count=len(encoded))
+    return digests < np.uint64(limit) if limit < 2**64 else np.ones(len(encoded), dtype=bool)
 
 
 def _row_hashes(frame: pl.DataFrame, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -306,103 +460,125 @@ def _row_hashes(frame: pl.DataFrame, texts: list[str]) -> tuple[np.ndarray, np.n
     return hashed.get_column("h1").to_numpy(), hashed.get_column("h2").to_numpy()
 
 
-def _write_dataset(
-    spec: DatasetSpec,
-    candidates: pl.LazyFrame | None,
-    stages: list[StagedFile],
-    entries: list[dict[str, Any]],
-    failures: list[dict[str, Any]],
-    folder: Path,
-    config: IngestConfig,
-    resolved: dict[str, Any],
-    hash_: str,
-    source: str,
-    progress: bool,
-) -> dict[str, Any]:
-    from tqdm import tqdm
+class _DatasetBuilder:
+    """One dataset in the making: fed candidate batches, then :meth:`finish` writes it.
 
-    if spec.inputs is not None:
-        # A dataset made from some of the inputs owns only their bad rows and failures.
-        stages = [stages[i] for i in spec.inputs]
-        failures = [{"path": s.input["path"], "error": s.failure} for s in stages if s.failure]
-    shard_io.remove_stale_shards(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    dropped = shard_io.DropTally()
-    rows_read = 0
-    if spec.counts_unreadable:
-        for stage in stages:
-            dropped.update(stage.bad_rows)
-            rows_read += sum(stage.bad_rows.values())
-    texts = ["anchor", "positive"] + (["negative"] if spec.with_negative else [])
-    candidates_path = folder / ".candidates.arrow"
-    kept_path = folder / ".kept.arrow"
-    kept_columns = texts + ["id", "source_file", "source_line"]
-    deduplicator = ExactDeduplicator(n_buckets=config.dedup_buckets, work_dir=folder) if config.dedup else None
-    kept_rows = 0
-    if candidates is not None:
-        total = _spill_in_input_order(candidates, candidates_path)
-        rows_read += total
-        bar = tqdm(total=total, desc=f"{spec.name}: clean", unit="row", disable=not progress, leave=False)
-        with _IpcAppender(kept_path) as kept_writer:
-            for frame in _slices(candidates_path, total):
-                if spec.with_negative:
-                    frame = set_reason(frame, pl.col("negative").is_null(), "missing_negative")
-                frame = clean_and_filter(frame, config.filters)
-                counts = frame.get_column("drop_reason").drop_nulls().value_counts()
-                dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
-                kept = frame.filter(pl.col("drop_reason").is_null()).select(kept_columns)
-                if deduplicator is not None and kept.height:
-                    deduplicator.add(*_row_hashes(kept, texts))
-                kept_writer.write(kept)
-                kept_rows += kept.height
-                bar.update(frame.height)
-        bar.close()
-    keep = deduplicator.keep_mask() if deduplicator is not None else np.ones(kept_rows, dtype=bool)
-    dropped.add("duplicate", int((~keep).sum()))
-    schema = arrow_schema(spec.with_negative)
-    train = shard_io.ShardWriter(folder, schema, config.rows_per_shard)
-    heldout = shard_io.ShardWriter(folder, schema, config.rows_per_shard, prefix="heldout")
-    near_filter = NearDuplicateFilter(config.near_dedup_threshold) if config.near_dedup else None
-    offset = 0
-    for frame in _slices(kept_path, kept_rows):
-        rows = frame.height
-        frame = frame.filter(pl.Series(keep[offset : offset + rows]))
-        offset += rows
-        if near_filter is not None and frame.height:
-            mask = near_filter.keep([f"{a} {p}" for a, p in zip(frame["anchor"], frame["positive"])])
-            dropped.add("near_duplicate", int((~mask).sum()))
-            frame = frame.filter(pl.Series(mask))
-        is_heldout = pl.Series(heldout_mask(frame.get_column("id").to_list(), config.heldout_fraction))
-        train.write(frame.filter(~is_heldout).to_arrow())
-        heldout.write(frame.filter(is_heldout).to_arrow())
-    train_shards, heldout_shards = train.close(), heldout.close()
-    for tmp in (candidates_path, kept_path):
-        tmp.unlink(missing_ok=True)
-    quarantine_rows = _merge_quarantine(stages, folder / shard_io.QUARANTINE_NAME) if spec.counts_unreadable else 0
-    rows_train = sum(s.rows for s in train_shards)
-    rows_heldout = sum(s.rows for s in heldout_shards)
-    manifest = {
-        "dataset": spec.name,
-        "source": source,
-        "stage": "ingest",
-        "unit": spec.unit,
-        "rows_read": rows_read,
-        "rows_kept": rows_train + rows_heldout,
-        "rows_train": rows_train,
-        "rows_heldout": rows_heldout,
-        "dropped": dropped.as_dict(),
-        "columns": shard_columns(spec.with_negative),
-        "shards": [s.as_dict() for s in train_shards + heldout_shards],
-        "inputs": entries,
-        "failures": failures,
-        "quarantine": {"path": shard_io.QUARANTINE_NAME, "rows": quarantine_rows},
-        "config": resolved,
-        "config_hash": hash_,
-        "versions": shard_io.library_versions("orjson", "xxhash", "zstandard", "datasketch"),
-    }
-    shard_io.check_accounting(manifest)
-    shard_io.atomic_write_json(folder / shard_io.MANIFEST_NAME, manifest)
-    return manifest
+    ``add`` counts the candidates a source already rejected, cleans and filters the
+    rest, hashes the kept rows for exact dedup and appends them to a temporary Arrow
+    file; ``finish`` drops the duplicates, splits off the held-out rows, writes the
+    shards, the quarantine and (last) the manifest.
+    """
+
+    def __init__(self, spec: DatasetSpec, stages: list[StagedFile], folder: Path, config: IngestConfig) -> None:
+        if spec.inputs is not None:
+            # A dataset made from some of the inputs owns only their bad rows and failures.
+            stages = [stages[i] for i in spec.inputs]
+        self.spec = spec
+        self.stages = stages
+        self.folder = folder
+        self.config = config
+        shard_io.remove_stale_shards(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.dropped = shard_io.DropTally()
+        self.rows_read = 0
+        if spec.counts_unreadable:
+            for stage in stages:
+                self.dropped.update(stage.bad_rows)
+                self.rows_read += sum(stage.bad_rows.values())
+        self.texts = ["anchor", "positive"] + (["negative"] if spec.with_negative else [])
+        self.kept_columns = self.texts + ["id", "source_file", "source_line"]
+        self.kept = FrameFiles(folder / ".kept", fresh=True)
+        self.kept_rows = 0
+        self.deduplicator = ExactDeduplicator(n_buckets=config.dedup_buckets, work_dir=folder) if config.dedup else None
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """Take the next candidate rows (one per unit of input)."""
+        if not frame.height:
+            return
+        self.rows_read += frame.height
+        reasons = frame.get_column("drop_reason")
+        rejected = reasons.drop_nulls()
+        if rejected.len():
+            counts = rejected.value_counts()
+            self.dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
+            frame = frame.filter(reasons.is_null())
+        if self.spec.with_negative:
+            frame = set_reason(frame, pl.col("negative").is_null(), "missing_negative")
+        frame = clean_and_filter(frame, self.config.filters)
+        counts = frame.get_column("drop_reason").drop_nulls().value_counts()
+        self.dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
+        kept = frame.filter(pl.col("drop_reason").is_null()).select(self.kept_columns)
+        if not kept.height:
+            return
+        if self.deduplicator is not None:
+            self.deduplicator.add(*_row_hashes(kept, self.texts))
+        self.kept.write(kept)
+        self.kept_rows += kept.height
+
+    def finish(
+        self,
+        entries: list[dict[str, Any]],
+        failures: list[dict[str, Any]],
+        resolved: dict[str, Any],
+        hash_: str,
+        source: str,
+        progress: bool,
+        map_partitions: MapPartitions = map,
+    ) -> dict[str, Any]:
+        """Dedup, split, write the shards and the manifest; return the manifest."""
+        spec, config, folder = self.spec, self.config, self.folder
+        if spec.inputs is not None:
+            failures = [{"path": s.input["path"], "error": s.failure} for s in self.stages if s.failure]
+        if self.deduplicator is not None:
+            keep = self.deduplicator.keep_mask(map_partitions=map_partitions)
+        else:
+            keep = np.ones(self.kept_rows, dtype=bool)
+        self.dropped.add("duplicate", int((~keep).sum()))
+        schema = arrow_schema(spec.with_negative)
+        train = shard_io.ShardWriter(folder, schema, config.rows_per_shard)
+        heldout = shard_io.ShardWriter(folder, schema, config.rows_per_shard, prefix="heldout")
+        near_filter = NearDuplicateFilter(config.near_dedup_threshold) if config.near_dedup else None
+        offset = 0
+        for frame in _staged_batches(self.kept.files()):
+            rows = frame.height
+            frame = frame.filter(pl.Series(keep[offset : offset + rows]))
+            offset += rows
+            if near_filter is not None and frame.height:
+                mask = near_filter.keep([f"{a} {p}" for a, p in zip(frame["anchor"], frame["positive"])])
+                self.dropped.add("near_duplicate", int((~mask).sum()))
+                frame = frame.filter(pl.Series(mask))
+            is_heldout = pl.Series(heldout_mask(frame.get_column("id"), config.heldout_fraction))
+            train.write(frame.filter(~is_heldout).to_arrow())
+            heldout.write(frame.filter(is_heldout).to_arrow())
+        train_shards, heldout_shards = train.close(), heldout.close()
+        shutil.rmtree(self.kept.folder, ignore_errors=True)
+        quarantine_rows = (
+            _merge_quarantine(self.stages, folder / shard_io.QUARANTINE_NAME) if spec.counts_unreadable else 0
+        )
+        rows_train = sum(s.rows for s in train_shards)
+        rows_heldout = sum(s.rows for s in heldout_shards)
+        manifest = {
+            "dataset": spec.name,
+            "source": source,
+            "stage": "ingest",
+            "unit": spec.unit,
+            "rows_read": self.rows_read,
+            "rows_kept": rows_train + rows_heldout,
+            "rows_train": rows_train,
+            "rows_heldout": rows_heldout,
+            "dropped": self.dropped.as_dict(),
+            "columns": shard_columns(spec.with_negative),
+            "shards": [s.as_dict() for s in train_shards + heldout_shards],
+            "inputs": entries,
+            "failures": failures,
+            "quarantine": {"path": shard_io.QUARANTINE_NAME, "rows": quarantine_rows},
+            "config": resolved,
+            "config_hash": hash_,
+            "versions": shard_io.library_versions("orjson", "xxhash", "zstandard", "datasketch"),
+        }
+        shard_io.check_accounting(manifest)
+        shard_io.atomic_write_json(folder / shard_io.MANIFEST_NAME, manifest)
+        return manifest
 
 
 def _spill_in_input_order(candidates: pl.LazyFrame, path: Path) -> int:
@@ -423,35 +599,29 @@ def _spill_in_input_order(candidates: pl.LazyFrame, path: Path) -> int:
     return total
 
 
-def _slices(path: Path, total: int) -> Iterable[pl.DataFrame]:
-    """Batches of ``_BATCH_ROWS`` rows of an Arrow file (memory-mapped, so cheap to slice)."""
-    if not path.exists():
-        return
-    frame = pl.scan_ipc(path)
-    for offset in range(0, total, _BATCH_ROWS):
-        yield frame.slice(offset, _BATCH_ROWS).collect()
+class FrameFiles:
+    """A folder of uncompressed Arrow IPC files, one per DataFrame written, in order.
 
+    polars writes and reads them natively (no conversion to Arrow types and back);
+    reading one file at a time keeps memory to about one batch.
+    """
 
-class _IpcAppender:
-    """Appends DataFrames to one Arrow IPC file (a fast, uncompressed temporary)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+    def __init__(self, folder: Path, create: bool = True, fresh: bool = False) -> None:
+        self.folder = Path(folder)
+        if fresh and self.folder.exists():
+            shutil.rmtree(self.folder)
+        if create:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self._count = len(self.files())
 
     def write(self, frame: pl.DataFrame) -> None:
-        table = frame.to_arrow()
-        if self._writer is None:
-            self._schema = table.schema
-            self._writer = pa.ipc.new_file(str(self.path), table.schema)
-        self._writer.write_table(table.cast(self._schema))
+        """Append ``frame`` as the next file."""
+        frame.write_ipc(self.folder / f"{self._count:06d}.arrow", compression="uncompressed")
+        self._count += 1
 
-    def __enter__(self) -> "_IpcAppender":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._writer is not None:
-            self._writer.close()
+    def files(self) -> list[Path]:
+        """The files written, in order."""
+        return sorted(self.folder.glob("*.arrow")) if self.folder.is_dir() else []
 
 
 def _merge_quarantine(stages: list[StagedFile], path: Path) -> int:
@@ -501,14 +671,13 @@ def ingest(
     if missing:
         raise FileNotFoundError(f"input not found: {', '.join(missing)}")
     out = Path(out_dir)
-    entries = [input_entry(source, p) for p in paths]
-    done = up_to_date(source, paths, out, config, entries)
+    done = up_to_date(source, paths, out, config)
     if done is not None:
         return IngestResult(done, _all_failures(done), skipped=True)
     work_dir = out / STAGING_DIR / source
     staged = []
     for index, path in enumerate(tqdm(paths, desc=f"{source}: read", unit="file", disable=not progress)):
-        staged.append(stage_file(source, path, work_dir, config, index, entries[index]))
+        staged.append(stage_file(source, path, work_dir, config, index))
     manifests = finalize_source(source, staged, paths, out, config, progress=progress)
     shutil.rmtree(work_dir, ignore_errors=True)
     if work_dir.parent.exists() and not any(work_dir.parent.iterdir()):

@@ -102,7 +102,25 @@ def _where(series: pl.Series, needs: pl.Series, step) -> pl.Series:
     return series.scatter(positions, step(series.gather(positions)))
 
 
+# What a string must hold for cleaning to change it: a character outside printable
+# ASCII (controls, invisible and non-ASCII characters, odd white space), an ``&``
+# (an entity), two spaces in a row, or a space at either end. Printable ASCII
+# without any of those is already clean, and most text is: one scan settles it.
+_MAY_CHANGE_RUST = r"[^\x20-\x25\x27-\x7E]|  |^ | $"
+
+
 def _normalize_series(series: pl.Series) -> pl.Series:
+    """Vectorized cleaning: only the strings that may change are looked at further."""
+    may_change = series.str.contains(_MAY_CHANGE_RUST).fill_null(False)
+    if not may_change.any():
+        return series
+    if may_change.all():
+        return _normalize_some(series)
+    positions = may_change.arg_true()
+    return series.scatter(positions, _normalize_some(series.gather(positions)))
+
+
+def _normalize_some(series: pl.Series) -> pl.Series:
     """Vectorized cleaning; strings that hold ``&`` go through :func:`normalize_text`."""
     has_entity = series.str.contains("&", literal=True).fill_null(False)
     cleaned = _where(series, series.str.contains(_INVISIBLE_RUST), lambda s: s.str.replace_all(_INVISIBLE_RUST, ""))

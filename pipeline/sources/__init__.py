@@ -17,7 +17,9 @@ Every source module defines:
     ``source_file`` added), one LazyFrame per dataset name, ONE ROW PER UNIT OF INPUT,
     with columns ``anchor``, ``positive``, [``negative``], ``id``, ``source_file``,
     ``source_line``, ``_file_index`` and ``drop_reason`` (null for a candidate pair,
-    else why the unit gives no pair). Cleaning, length filters, dedup and the
+    else why the unit gives no pair). It may be called on a batch or a partition of
+    the staged rows when the dataset's spec says that gives the same rows
+    (``row_local``, ``partition_key``). Cleaning, length filters, dedup and the
     held-out split happen after, in :mod:`pipeline.ingest`.
 """
 
@@ -39,6 +41,13 @@ class DatasetSpec:
         inputs: positions in the input list of the files this dataset is made from
             (a source writing one dataset per file); only their unreadable rows,
             quarantine and failures are the dataset's. None: all inputs.
+        row_local: each candidate row depends on its own staged row only, so
+            candidates are built batch by batch (bounded memory, input order).
+        partition_key: a staged column such that the candidates of rows sharing its
+            value depend only on those rows (every join and "first of" rule is within
+            it): candidates are built per hash partition of it, one partition in
+            memory at a time; output is partition after partition, input order
+            within each. None (and not row_local): built over all staged rows at once.
     """
 
     name: str
@@ -46,6 +55,8 @@ class DatasetSpec:
     counts_unreadable: bool = True
     with_negative: bool = False
     inputs: tuple[int, ...] | None = None
+    row_local: bool = False
+    partition_key: str | None = None
 
 
 # Imported after DatasetSpec: the source modules use it.

@@ -42,8 +42,8 @@ class Options:
 
 def dataset_specs(inputs: list[Path], options: Options) -> list[DatasetSpec]:
     return [
-        DatasetSpec("nli-pairs", unit="line"),
-        DatasetSpec("nli-triplets", unit="line", with_negative=True),
+        DatasetSpec("nli-pairs", unit="line", row_local=True),
+        DatasetSpec("nli-triplets", unit="line", with_negative=True, partition_key="premise"),
     ]
 
 

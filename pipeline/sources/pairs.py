@@ -126,7 +126,7 @@ def dataset_specs(inputs: list[Path], options: Options) -> list[DatasetSpec]:
             hint = "" if options.name_root else "; give -o name_root=DIR to keep their folders in the names"
             raise ValueError(f"pairs: inputs {seen[name]} and {path} both map to dataset {name!r}{hint}")
         seen[name] = path
-        specs.append(DatasetSpec(name, unit="line", with_negative=file_has_negative(path), inputs=(index,)))
+        specs.append(DatasetSpec(name, unit="line", with_negative=file_has_negative(path), inputs=(index,), row_local=True))
     return specs
 
 

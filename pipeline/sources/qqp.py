@@ -68,7 +68,7 @@ def dataset_specs(inputs: list[Path], options: Options) -> list[DatasetSpec]:
             raise ValueError(f"qqp: inputs {seen[path.name]} and {path} share a file name; row ids would collide")
         seen[path.name] = path
     return [
-        DatasetSpec("qqp-duplicates", unit="row"),
+        DatasetSpec("qqp-duplicates", unit="row", partition_key="row_id"),
         DatasetSpec("qqp-triplets", unit="row", with_negative=True),
     ]
 

@@ -59,7 +59,7 @@ class Options:
 
 def dataset_specs(inputs: list[Path], options: Options) -> list[DatasetSpec]:
     return [
-        DatasetSpec(TITLE_ABSTRACT, unit="line"),
+        DatasetSpec(TITLE_ABSTRACT, unit="line", partition_key="paper_id"),
         DatasetSpec(CITATIONS, unit="citation edge", counts_unreadable=False),
     ]
 
