@@ -146,19 +146,55 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--logging-steps", type=int, help=f"steps between logged losses (default: {defaults.logging_steps})")
     parser.add_argument("--workers", dest="dataloader_num_workers", type=int, help="DataLoader workers (default: 0)")
     parser.add_argument("--no-resume", dest="resume", action="store_false", default=None, help="ignore existing checkpoints")
+    parser.add_argument(
+        "--options-json", metavar="JSON",
+        help="TrainConfig fields as a JSON object, e.g. '{\"max_steps\": 20, \"pooling\": \"cls\"}'; the flags above override it"
+        " (the training launcher passes the whole config this way)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--summary-json", type=Path, metavar="PATH",
+        help="also write the run's summary as JSON to PATH (from the main process only under torchrun)",
+    )  # fmt: skip
     parser.set_defaults(run=_run_train)
 
 
+def _train_options(text: str | None):
+    """The TrainConfig that ``--options-json`` describes (the defaults when not given)."""
+    import dataclasses
+    import json
+
+    from pipeline.train import TrainConfig
+
+    if text is None:
+        return TrainConfig()
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--options-json is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--options-json must be a JSON object of TrainConfig fields, got {type(options).__name__}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"--options-json: unknown TrainConfig field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return TrainConfig(**options)
+
+
 def _run_train(args: argparse.Namespace) -> int:
-    from pipeline.train import TrainConfig, config_from_overrides, train_model
+    from pipeline.shards import atomic_write_json
+    from pipeline.train import config_from_overrides, is_main_process, train_model
 
     fields = (
         "model", "batch_size", "epochs", "max_steps", "steps_per_epoch", "learning_rate", "warmup_steps", "weight_decay",
         "max_seq_length", "loss", "scale", "mini_batch_size", "precision", "device", "seed", "gradient_accumulation_steps",
         "save_steps", "save_total_limit", "logging_steps", "dataloader_num_workers", "resume",
     )  # fmt: skip
-    config = config_from_overrides(TrainConfig(), **{name: getattr(args, name) for name in fields})
+    config = config_from_overrides(_train_options(args.options_json), **{name: getattr(args, name) for name in fields})
     summary = train_model(args.corpus_dir, args.config, args.out, config)
+    if not is_main_process():
+        return 0  # under torchrun, rank 0 reports for every process
+    if args.summary_json is not None:
+        atomic_write_json(args.summary_json, summary)
     if summary["skipped"]:
         print(f"{args.out} already holds this run (config hash {summary['config_hash'][:12]}): nothing to do")
     else:

@@ -21,6 +21,9 @@ again: the sampler's order depends only on the seed and the epoch, and the train
 skips the batches already trained, so the resumed run sees the batches the killed one
 would have. A finished output folder whose train_config.json matches is not retrained.
 
+Several GPUs: the same function runs in every process of a ``torchrun`` launch
+(:mod:`pipeline.launch` starts one); rank 0 alone writes the model folder.
+
 torch, transformers, datasets and sentence-transformers are imported inside functions.
 """
 
@@ -242,8 +245,28 @@ def _run_fingerprint(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
     }
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """True in the only process of a plain run and in rank 0 of a torchrun launch."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def _rank_zero_saving_trainer_class() -> type:
+    """SentenceTransformerTrainer whose model saves happen in the main process only.
+
+    transformers 5 moved the "only the main process writes" check from
+    ``Trainer.save_model`` into ``Trainer._save``, and sentence-transformers 6.2
+    overrides ``_save`` without it, so under torchrun every rank would write the same
+    model files (the final model and each checkpoint's) at once. Plain DDP saves need
+    no collective call, so the other ranks can skip the write.
+    """
+    from sentence_transformers import SentenceTransformerTrainer
+
+    class RankZeroSavingTrainer(SentenceTransformerTrainer):
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            if self.args.should_save:
+                super()._save(output_dir, state_dict=state_dict)
+
+    return RankZeroSavingTrainer
 
 
 def _check_resume(checkpoints: Path, run_hash: str, config: TrainConfig) -> str | None:
@@ -256,7 +279,7 @@ def _check_resume(checkpoints: Path, run_hash: str, config: TrainConfig) -> str 
         return None
     if not config.resume:
         # starting over: stale checkpoints with higher step numbers would win the next resume
-        if _is_main_process():
+        if is_main_process():
             shutil.rmtree(checkpoints)
         return None
     if marker.is_file():
@@ -313,7 +336,7 @@ def train_model(
     import torch
     from datasets import Dataset, DatasetDict
     from datasets.table import InMemoryTable
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss,
         MultipleNegativesRankingLoss,
@@ -376,9 +399,9 @@ def train_model(
     )
 
     # 6. Trainer, then train (resuming when a checkpoint of this run exists).
-    if _is_main_process():
+    if is_main_process():
         atomic_write_json(checkpoints / TRAIN_CONFIG_NAME, {"config_hash": run_hash, "run": fingerprint})
-    trainer = SentenceTransformerTrainer(
+    trainer = _rank_zero_saving_trainer_class()(
         model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=list(callbacks)
     )
     output = trainer.train(resume_from_checkpoint=resume_from)

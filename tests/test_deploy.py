@@ -63,6 +63,32 @@ def test_gpu_pool_template_requests_gpus_with_node_selector_and_tolerations() ->
     assert placeholders <= set(variables)
 
 
+@pytest.mark.parametrize("gpu_count", [None, 8], ids=["deployment default", "--job-variable gpu_count=8"])
+def test_gpu_deployment_trains_with_one_process_per_gpu_of_the_pod(gpu_count: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pod's GPUs (job variable gpu_count) decide the torchrun processes: the flow's nproc must follow them."""
+    import inspect
+
+    from prefect.flows import load_flow_from_entrypoint
+
+    from pipeline import launch
+    from pipeline.train import TrainConfig
+
+    monkeypatch.chdir(ROOT)
+    template = json.loads((ROOT / "deploy" / "gpu-kubernetes-job-template.json").read_text())
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]  # NCCL needs more than 64Mi
+    gpu_deployments = [d for d in DEPLOYMENTS if d["work_pool"]["name"] == "gpu"]
+    assert gpu_deployments
+    for deployment in gpu_deployments:
+        flow = load_flow_from_entrypoint(deployment["entrypoint"])
+        nproc = (deployment.get("parameters") or {}).get("nproc", inspect.signature(flow.fn).parameters["nproc"].default)
+        assert flow.validate_parameters({**deployment["parameters"], "nproc": nproc})["nproc"] == nproc
+        gpus = gpu_count or deployment["work_pool"]["job_variables"].get("gpu_count", template["variables"]["properties"]["gpu_count"]["default"])
+        monkeypatch.setattr(launch, "visible_gpu_count", lambda gpus=gpus: gpus)  # what the pod would see
+        options = TrainConfig(**deployment["parameters"].get("options", {}))
+        assert launch.resolve_process_count(nproc, options) == gpus, f"{deployment['name']}: nproc={nproc!r}, {gpus} GPU(s)"
+
+
 def test_flow_modules_do_not_shadow_top_level_packages() -> None:
     """Workers load an entrypoint file with its folder on sys.path: flows/pipeline.py would hide the library."""
     import importlib.util
