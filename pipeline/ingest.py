@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -38,13 +39,14 @@ import polars as pl
 from pipeline import shards as shard_io
 from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
 from pipeline.formats import DEFAULT_MAX_LINE_BYTES, InputFileError, ReadContext
+from pipeline.memory import release_free_memory
 from pipeline.normalize import TextFilters, clean_and_filter, set_reason
 from pipeline.records import arrow_schema, shard_columns
 from pipeline.sources import DatasetSpec, get_source
 
 STAGING_DIR = ".staging"
 STAGED_ROWS = "rows"
-_BATCH_ROWS = 200_000
+_BATCH_ROWS = 100_000
 _HASH_SEEDS = (0x5EED_0001, 0x5EED_0002)
 
 
@@ -191,6 +193,7 @@ def stage_file(
                 pl.lit(file_index, dtype=pl.Int64).alias("_file_index"), pl.lit(str(path)).alias("source_file")
             )
         )
+        release_free_memory()
 
     try:
         for batch in module.stage_file(Path(path), ctx, options):
@@ -345,7 +348,7 @@ def finalize_source(
     row_local = [b for b in builders.values() if b.spec.row_local]
     partitioned = [b for b in builders.values() if not b.spec.row_local and b.spec.partition_key]
     whole = [b for b in builders.values() if not b.spec.row_local and not b.spec.partition_key]
-    if row_local:
+    def build_row_local() -> None:
         bar = tqdm(total=total_rows, desc=f"{source}: clean", unit="row", disable=not progress, leave=False)
         for batch in _staged_batches(staged_files):
             candidates = module.build_candidates(batch.lazy(), options)
@@ -354,10 +357,26 @@ def finalize_source(
                 if lazy is not None:
                     builder.add(lazy.collect())
             bar.update(batch.height)
+            release_free_memory()
         bar.close()
-    for builder in partitioned:
-        for part in _key_partitions(staged_files, builder.spec.partition_key, builder.folder, desc=builder.spec.name, progress=progress):
+
+    def build_partitioned(builder: _DatasetBuilder) -> None:
+        parts = _key_partitions(staged_files, builder.spec.partition_key, builder.folder, builder.spec.name, progress)
+        for part in parts:
             builder.add(module.build_candidates(part.lazy(), options)[builder.spec.name].collect())
+            release_free_memory()
+
+    # The passes read the same staged files and write to different datasets: they run
+    # side by side (polars releases the GIL), each dataset's rows in its own order.
+    passes: list[Callable[[], None]] = [build_row_local] if row_local else []
+    passes += [functools.partial(build_partitioned, builder) for builder in partitioned]
+    if len(passes) > 1 and pl.thread_pool_size() > 1:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pairforge-finalize") as pool:
+            for future in [pool.submit(run) for run in passes]:
+                future.result()
+    else:
+        for run in passes:
+            run()
     if whole and staged_files:
         candidates = module.build_candidates(pl.scan_ipc([str(f) for f in staged_files]), options)
         for builder in whole:
@@ -376,7 +395,7 @@ def finalize_source(
 
 MapPartitions = Callable[[Callable[[Path], np.ndarray], list[Path]], Iterable[np.ndarray]]
 # Rows of staged data per candidate batch, and bytes of staged data per key partition.
-_PARTITION_BYTES = 32 << 20
+_PARTITION_BYTES = 16 << 20
 
 
 def _staged_batches(paths: Sequence[Path], batch_rows: int = _BATCH_ROWS) -> Iterator[pl.DataFrame]:
@@ -539,7 +558,7 @@ class _DatasetBuilder:
         heldout = shard_io.ShardWriter(folder, schema, config.rows_per_shard, prefix="heldout")
         near_filter = NearDuplicateFilter(config.near_dedup_threshold) if config.near_dedup else None
         offset = 0
-        for frame in _staged_batches(self.kept.files()):
+        for frame in _staged_batches(self.kept.files(), batch_rows=1):
             rows = frame.height
             frame = frame.filter(pl.Series(keep[offset : offset + rows]))
             offset += rows
@@ -550,6 +569,7 @@ class _DatasetBuilder:
             is_heldout = pl.Series(heldout_mask(frame.get_column("id"), config.heldout_fraction))
             train.write(frame.filter(~is_heldout).to_arrow())
             heldout.write(frame.filter(is_heldout).to_arrow())
+            release_free_memory()
         train_shards, heldout_shards = train.close(), heldout.close()
         shutil.rmtree(self.kept.folder, ignore_errors=True)
         quarantine_rows = (

@@ -79,7 +79,7 @@ class ShardInfo:
 
 
 class ShardWriter:
-    """Buffers rows and writes them as fixed-size zstd Parquet shards.
+    """Writes rows as fixed-size zstd Parquet shards, a row group at a time.
 
     Args:
         folder: the dataset folder (created if missing).
@@ -87,9 +87,15 @@ class ShardWriter:
         rows_per_shard: the most rows a shard holds.
         prefix: a subfolder of ``folder`` for these shards (``""`` or ``"heldout"``).
 
-    Use as a context manager, or call :meth:`close`; :attr:`shards` lists what was
-    written. Shards are named by their position, so equal input gives equal names.
+    Rows are buffered only up to one row group (``ROW_GROUP_ROWS``): a row group is
+    written as soon as it is full, so memory does not grow with the shard size. Row
+    groups start every ``ROW_GROUP_ROWS`` rows of a shard, whatever batches the rows
+    came in, so equal rows give equal bytes. Use as a context manager, or call
+    :meth:`close`; :attr:`shards` lists what was written. Shards are named by their
+    position, so equal input gives equal names.
     """
+
+    ROW_GROUP_ROWS = 100_000
 
     def __init__(
         self,
@@ -107,12 +113,14 @@ class ShardWriter:
         self.shards: list[ShardInfo] = []
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._shard_rows = 0
         (self.folder / prefix).mkdir(parents=True, exist_ok=True)
 
     @property
     def rows(self) -> int:
         """Rows written so far, shards and buffer together."""
-        return sum(s.rows for s in self.shards) + self._pending_rows
+        return sum(s.rows for s in self.shards) + self._shard_rows + self._pending_rows
 
     def write(self, rows: pa.Table | Any) -> None:
         """Add rows (an Arrow table or a polars DataFrame) in schema order."""
@@ -122,13 +130,14 @@ class ShardWriter:
         table = table.select(self.schema.names).cast(self.schema)
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        while self._pending_rows >= self.rows_per_shard:
-            self._flush(self.rows_per_shard)
+        while self._pending_rows >= self._next_group_rows():
+            self._write_group(self._next_group_rows())
 
     def close(self) -> list[ShardInfo]:
         """Write what is buffered and return every shard written."""
         while self._pending_rows > 0:
-            self._flush(min(self._pending_rows, self.rows_per_shard))
+            self._write_group(min(self._pending_rows, self._next_group_rows()))
+        self._close_shard()
         return self.shards
 
     def __enter__(self) -> "ShardWriter":
@@ -138,25 +147,40 @@ class ShardWriter:
         if exc_type is None:
             self.close()
 
-    def _flush(self, n_rows: int) -> None:
-        table = pa.concat_tables(self._pending).combine_chunks()
+    def _next_group_rows(self) -> int:
+        """Rows of the next row group: a full group, or what is left of the shard."""
+        return min(self.ROW_GROUP_ROWS, self.rows_per_shard - self._shard_rows)
+
+    def _shard_path(self, index: int) -> tuple[str, Path]:
+        name = f"part-{index:05d}.parquet"
+        relative = f"{self.prefix}/{name}" if self.prefix else name
+        return relative, self.folder / relative
+
+    def _write_group(self, n_rows: int) -> None:
+        table = pa.concat_tables(self._pending).combine_chunks() if len(self._pending) > 1 else self._pending[0]
         head, rest = table.slice(0, n_rows), table.slice(n_rows)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
-        name = f"part-{len(self.shards):05d}.parquet"
-        relative = f"{self.prefix}/{name}" if self.prefix else name
-        path = self.folder / relative
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-        pq.write_table(
-            head,
-            tmp,
-            compression="zstd",
-            row_group_size=min(n_rows, 100_000),
-            write_statistics=True,
-            store_schema=True,
-        )
-        os.replace(tmp, path)
-        self.shards.append(ShardInfo(relative, head.num_rows, file_sha256(path)))
+        if self._writer is None:
+            _, path = self._shard_path(len(self.shards))
+            self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            self._writer = pq.ParquetWriter(
+                self._tmp, self.schema, compression="zstd", write_statistics=True, store_schema=True
+            )
+        self._writer.write_table(head, row_group_size=n_rows)
+        self._shard_rows += n_rows
+        if self._shard_rows >= self.rows_per_shard:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        relative, path = self._shard_path(len(self.shards))
+        os.replace(self._tmp, path)
+        self.shards.append(ShardInfo(relative, self._shard_rows, file_sha256(path)))
+        self._writer = None
+        self._shard_rows = 0
 
 
 def remove_stale_shards(folder: Path) -> None:
