@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 import polars as pl
 
 from pipeline import shards as shard_io
+from pipeline import spill
 from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
 from pipeline.formats import DEFAULT_MAX_LINE_BYTES, InputFileError, ReadContext
 from pipeline.memory import release_free_memory
@@ -46,7 +46,6 @@ from pipeline.sources import DatasetSpec, get_source
 
 STAGING_DIR = ".staging"
 STAGED_ROWS = "rows"
-_BATCH_ROWS = 100_000
 _HASH_SEEDS = (0x5EED_0001, 0x5EED_0002)
 
 
@@ -176,17 +175,17 @@ def stage_file(
     rows = 0
     failure = None
     tmp_rows = folder / ".rows.tmp"
-    writer = FrameFiles(tmp_rows)
+    writer = spill.FrameFiles(tmp_rows)
     pending: list[pl.DataFrame] = []
     pending_rows = 0
 
     def flush() -> None:
-        # Batches of about _BATCH_ROWS rows, one file each: finalize reads them back
+        # Batches of about spill.BATCH_ROWS rows, one file each: finalize reads them back
         # without concatenating.
         nonlocal pending, pending_rows
         if not pending:
             return
-        frame = _concat(pending)
+        frame = spill.concat(pending)
         pending, pending_rows = [], 0
         writer.write(
             frame.with_columns(
@@ -200,7 +199,7 @@ def stage_file(
             pending.append(batch)
             pending_rows += batch.height
             rows += batch.height
-            if pending_rows >= _BATCH_ROWS:
+            if pending_rows >= spill.BATCH_ROWS:
                 flush()
     except InputFileError as exc:
         failure = str(exc)
@@ -319,6 +318,8 @@ def finalize_source(
     * ``partition_key``: the staged rows are spread over hash partitions of that
       column on disk, and each partition's candidates are built on their own
       (partition after partition, input order within one);
+    * ``streamed``: the source's own ``candidate_batches`` (a join on two keys, as
+      Reddit's parent lookup, partitioned by the source);
     * otherwise the whole source at once (a polars join over all staged rows).
 
     ``map_partitions`` runs the exact-dedup partitions (an executor's map spreads
@@ -332,7 +333,7 @@ def finalize_source(
     entries = [dict(s.input) for s in stages]
     resolved = config.resolved(source)
     hash_ = shard_io.config_hash(resolved)
-    staged_files = [file for s in stages for file in FrameFiles(s.folder / STAGED_ROWS, create=False).files()]
+    staged_files = [file for s in stages for file in spill.FrameFiles(s.folder / STAGED_ROWS, create=False).files()]
     failures = [{"path": s.input["path"], "error": s.failure} for s in stages if s.failure]
     specs = module.dataset_specs([Path(p) for p in inputs], options)
     manifests: dict[str, dict[str, Any]] = {}
@@ -346,11 +347,12 @@ def finalize_source(
             builders[spec.name] = _DatasetBuilder(spec, stages, folder, config)
     total_rows = sum(s.rows for s in stages)
     row_local = [b for b in builders.values() if b.spec.row_local]
-    partitioned = [b for b in builders.values() if not b.spec.row_local and b.spec.partition_key]
-    whole = [b for b in builders.values() if not b.spec.row_local and not b.spec.partition_key]
+    streamed = [b for b in builders.values() if b.spec.streamed]
+    partitioned = [b for b in builders.values() if b.spec.partition_key and not b.spec.streamed]
+    whole = [b for b in builders.values() if not (b.spec.row_local or b.spec.partition_key or b.spec.streamed)]
     def build_row_local() -> None:
         bar = tqdm(total=total_rows, desc=f"{source}: clean", unit="row", disable=not progress, leave=False)
-        for batch in _staged_batches(staged_files):
+        for batch in spill.read_batches(staged_files):
             candidates = module.build_candidates(batch.lazy(), options)
             for builder in row_local:
                 lazy = candidates.get(builder.spec.name)
@@ -361,15 +363,21 @@ def finalize_source(
         bar.close()
 
     def build_partitioned(builder: _DatasetBuilder) -> None:
-        parts = _key_partitions(staged_files, builder.spec.partition_key, builder.folder, builder.spec.name, progress)
+        parts = _key_partitions(staged_files, builder.spec.partition_key, builder.folder)
         for part in parts:
             builder.add(module.build_candidates(part.lazy(), options)[builder.spec.name].collect())
+            release_free_memory()
+
+    def build_streamed(builder: _DatasetBuilder) -> None:
+        for frame in module.candidate_batches(builder.spec.name, staged_files, builder.folder, options):
+            builder.add(frame)
             release_free_memory()
 
     # The passes read the same staged files and write to different datasets: they run
     # side by side (polars releases the GIL), each dataset's rows in its own order.
     passes: list[Callable[[], None]] = [build_row_local] if row_local else []
     passes += [functools.partial(build_partitioned, builder) for builder in partitioned]
+    passes += [functools.partial(build_streamed, builder) for builder in streamed]
     if len(passes) > 1 and pl.thread_pool_size() > 1:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pairforge-finalize") as pool:
             for future in [pool.submit(run) for run in passes]:
@@ -382,85 +390,26 @@ def finalize_source(
         for builder in whole:
             lazy = candidates.get(builder.spec.name)
             if lazy is not None:
-                spill = builder.folder / ".candidates.arrow"
+                spill_path = builder.folder / ".candidates.arrow"
                 builder.folder.mkdir(parents=True, exist_ok=True)
-                _spill_in_input_order(lazy, spill)
-                for batch in pl.scan_ipc(spill).collect_batches(chunk_size=_BATCH_ROWS):
+                _spill_in_input_order(lazy, spill_path)
+                for batch in pl.scan_ipc(spill_path).collect_batches(chunk_size=spill.BATCH_ROWS):
                     builder.add(batch)
-                spill.unlink()
+                spill_path.unlink()
     for name, builder in builders.items():
         manifests[name] = builder.finish(entries, failures, resolved, hash_, source, progress, map_partitions)
     return [manifests[spec.name] for spec in specs]
 
 
 MapPartitions = Callable[[Callable[[Path], np.ndarray], list[Path]], Iterable[np.ndarray]]
-# Rows of staged data per candidate batch, and bytes of staged data per key partition.
-_PARTITION_BYTES = 16 << 20
 
 
-def _staged_batches(paths: Sequence[Path], batch_rows: int = _BATCH_ROWS) -> Iterator[pl.DataFrame]:
-    """The rows of Arrow IPC files in order, about ``batch_rows`` at a time.
-
-    One file is open at a time (the files are batches of :class:`FrameFiles`), so
-    however large the whole, memory holds about one batch.
-    """
-    pending: list[pl.DataFrame] = []
-    pending_rows = 0
-    for path in paths:
-        batch = pl.read_ipc(path)
-        pending.append(batch)
-        pending_rows += batch.height
-        if pending_rows >= batch_rows:
-            yield _concat(pending)
-            pending, pending_rows = [], 0
-    if pending:
-        yield _concat(pending)
-
-
-def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    # One chunk per column: polars 2.1 can panic on string functions over frames
-    # concatenated from several record batches.
-    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed", rechunk=True)
-
-
-def _key_partitions(
-    paths: Sequence[Path], key: str, work_dir: Path, desc: str, progress: bool
-) -> Iterator[pl.DataFrame]:
-    """The staged rows split by a hash of column ``key``, one partition at a time.
-
-    Rows with equal keys land in the same partition, in input order. The number of
-    partitions follows the staged size (about ``_PARTITION_BYTES`` each), so it is the
-    same on every rebuild of the same inputs; one partition is held at a time.
-    """
-    from tqdm import tqdm
-
-    total_bytes = sum(path.stat().st_size for path in paths)
-    n_parts = max(1, -(-total_bytes // _PARTITION_BYTES))
-    if n_parts == 1:
-        batches = list(_staged_batches(paths))
-        if batches:
-            yield pl.concat(batches, how="vertical_relaxed")
-        return
-    work_dir.mkdir(parents=True, exist_ok=True)
-    part_dir = Path(tempfile.mkdtemp(prefix=".partitions-", dir=work_dir))
-    try:
-        writers = [FrameFiles(part_dir / f"part-{index:05d}") for index in range(n_parts)]
-        bar = tqdm(desc=f"{desc}: partition", unit="row", disable=not progress, leave=False)
-        for batch in _staged_batches(paths):
-            part = (pl.col(key).hash(_HASH_SEEDS[0]) % n_parts).alias("_part")
-            split = batch.with_columns(part).partition_by("_part", as_dict=True, include_key=False, maintain_order=True)
-            for (index,), rows in split.items():
-                writers[int(index)].write(rows)
-            bar.update(batch.height)
-        bar.close()
-        for writer in writers:
-            files = writer.files()
-            if files:
-                batches = list(_staged_batches(files))
-                shutil.rmtree(writer.folder)
-                yield _concat(batches)
-    finally:
-        shutil.rmtree(part_dir, ignore_errors=True)
+def _key_partitions(paths: Sequence[Path], key: str, work_dir: Path) -> Iterator[pl.DataFrame]:
+    """The staged rows split by a hash of column ``key``, one partition at a time
+    (:func:`pipeline.spill.key_partitions`; the count follows the staged size)."""
+    n_parts = spill.partition_count(paths)
+    for _, rows in spill.key_partitions(paths, pl.col(key), n_parts, work_dir):
+        yield rows
 
 
 def heldout_mask(ids: Sequence[str] | pl.Series, fraction: float) -> np.ndarray:
@@ -506,7 +455,7 @@ class _DatasetBuilder:
                 self.rows_read += sum(stage.bad_rows.values())
         self.texts = ["anchor", "positive"] + (["negative"] if spec.with_negative else [])
         self.kept_columns = self.texts + ["id", "source_file", "source_line"]
-        self.kept = FrameFiles(folder / ".kept", fresh=True)
+        self.kept = spill.FrameFiles(folder / ".kept", fresh=True)
         self.kept_rows = 0
         self.deduplicator = ExactDeduplicator(n_buckets=config.dedup_buckets, work_dir=folder) if config.dedup else None
 
@@ -558,7 +507,7 @@ class _DatasetBuilder:
         heldout = shard_io.ShardWriter(folder, schema, config.rows_per_shard, prefix="heldout")
         near_filter = NearDuplicateFilter(config.near_dedup_threshold) if config.near_dedup else None
         offset = 0
-        for frame in _staged_batches(self.kept.files(), batch_rows=1):
+        for frame in spill.read_batches(self.kept.files(), batch_rows=1):
             rows = frame.height
             frame = frame.filter(pl.Series(keep[offset : offset + rows]))
             offset += rows
@@ -617,31 +566,6 @@ def _spill_in_input_order(candidates: pl.LazyFrame, path: Path) -> int:
         pl.scan_ipc(path).sort(["_file_index", "source_line"], maintain_order=True).sink_ipc(ordered)
         os.replace(ordered, path)
     return total
-
-
-class FrameFiles:
-    """A folder of uncompressed Arrow IPC files, one per DataFrame written, in order.
-
-    polars writes and reads them natively (no conversion to Arrow types and back);
-    reading one file at a time keeps memory to about one batch.
-    """
-
-    def __init__(self, folder: Path, create: bool = True, fresh: bool = False) -> None:
-        self.folder = Path(folder)
-        if fresh and self.folder.exists():
-            shutil.rmtree(self.folder)
-        if create:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        self._count = len(self.files())
-
-    def write(self, frame: pl.DataFrame) -> None:
-        """Append ``frame`` as the next file."""
-        frame.write_ipc(self.folder / f"{self._count:06d}.arrow", compression="uncompressed")
-        self._count += 1
-
-    def files(self) -> list[Path]:
-        """The files written, in order."""
-        return sorted(self.folder.glob("*.arrow")) if self.folder.is_dir() else []
 
 
 def _merge_quarantine(stages: list[StagedFile], path: Path) -> int:

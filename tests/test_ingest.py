@@ -213,18 +213,19 @@ def test_non_string_values_never_pass_as_text(tmp_path: Path, value, reason) -> 
     ("nli", "snli/jsonl/snli_1.0_dev.jsonl", "nli-triplets"),
     ("qqp", "quora/kaggle_first10k/preprocess2500.csv", "qqp-duplicates"),
     ("s2orc", "s2orc/sample.jsonl", "s2orc-title-abstract"),
+    ("reddit", "reddit/RC_2005-12.zst", "reddit-replies"),
 ])
 def test_key_partitions_give_the_same_rows_as_one_pass(
     tmp_path: Path, shared_data: Path, monkeypatch, source: str, relative: str, dataset: str
 ) -> None:
     """A dataset built per hash partition of its key (bounded memory) keeps and drops
     exactly the rows the one-pass build does, and rebuilds byte for byte."""
-    import pipeline.ingest as ingest_module
+    import pipeline.spill
 
     path = shared_data / relative
     config = IngestConfig(heldout_fraction=0.1)
     whole = ingest(source, [path], tmp_path / "whole", config, progress=False)
-    monkeypatch.setattr(ingest_module, "_PARTITION_BYTES", 64 << 10)  # many small partitions
+    monkeypatch.setattr(pipeline.spill, "PARTITION_BYTES", 16 << 10)  # many small partitions
     parts = ingest(source, [path], tmp_path / "parts", config, progress=False)
     again = ingest(source, [path], tmp_path / "again", config, progress=False)
 

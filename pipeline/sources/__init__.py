@@ -48,6 +48,9 @@ class DatasetSpec:
             it): candidates are built per hash partition of it, one partition in
             memory at a time; output is partition after partition, input order
             within each. None (and not row_local): built over all staged rows at once.
+        streamed: the source module defines ``candidate_batches(dataset, staged_files,
+            work_dir, options)``, which yields this dataset's candidate rows in
+            batches with bounded memory (its own partitioning: a join on two keys).
     """
 
     name: str
@@ -57,6 +60,7 @@ class DatasetSpec:
     inputs: tuple[int, ...] | None = None
     row_local: bool = False
     partition_key: str | None = None
+    streamed: bool = False
 
 
 # Imported after DatasetSpec: the source modules use it.

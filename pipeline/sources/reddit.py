@@ -37,8 +37,9 @@ PolyAI-LDN/conversational-datasets: ``--min_length`` 9, ``--max_length`` 127, an
 ``[deleted]`` / ``[removed]`` skipped), whose Reddit pairs the 1B-pairs project used;
 the upper bound is off by default because the ingest filters already bound length.
 
-The parent lookup is a polars lazy join on the staged rows, never a Python dict: a
-real month holds tens of GB of comments.
+The parent lookup is a polars join, never a Python dict, run one hash partition at a
+time (:func:`candidate_batches`): a real month holds tens of GB of comments, and
+memory holds one partition of them.
 
 A Pushshift *submissions* file (``RS_*``: ``title``/``selftext``, no ``body`` or
 ``parent_id``) passed by mistake fails as a whole with an :class:`InputFileError`
@@ -49,6 +50,7 @@ a stray submission line inside a comments file is quarantined as
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -104,7 +106,7 @@ class Options:
 
 
 def dataset_specs(inputs: list[Path], options: Options) -> list[DatasetSpec]:
-    return [DatasetSpec(DATASET, unit="comment")]
+    return [DatasetSpec(DATASET, unit="comment", streamed=True)]
 
 
 def stage_file(path: Path, ctx: ReadContext, options: Options) -> Iterator[pl.DataFrame]:
@@ -164,10 +166,12 @@ def _first_reason(checks: list[tuple[pl.Expr, str]], prefix: str = "") -> pl.Exp
 
 
 def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.LazyFrame]:
-    """One row per comment: the (parent body, reply body) pair, or why there is none."""
-    rows = staged.with_columns(
-        (pl.col("_file_index").cast(pl.Int64) * (1 << _LINE_BITS) + pl.col("_line")).alias("_order")
-    )
+    """One row per comment: the (parent body, reply body) pair, or why there is none.
+
+    Over all staged rows at once; :func:`candidate_batches` gives the same rows with
+    memory bounded by a partition, and is what ingest uses.
+    """
+    rows = _with_order(staged)
     # Repeated ids are rare: joining every row to just those keeps that hash table small.
     repeated_ids = (
         rows.group_by("id")
@@ -175,19 +179,87 @@ def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.Laz
         .filter(pl.col("_copies") > 1)
         .select("id", "_first_order")
     )
-    rows = rows.join(repeated_ids, on="id", how="left").with_columns(
+    rows = rows.join(repeated_ids, on="id", how="left", maintain_order="left").with_columns(
         (pl.col("_first_order").is_not_null() & (pl.col("_order") != pl.col("_first_order"))).alias("_repeat")
     )
-    parents = rows.filter(~pl.col("_repeat")).select(
+    return {DATASET: _pairs(rows, _parents(rows), options)}
+
+
+def candidate_batches(dataset: str, staged_files: list[Path], work_dir: Path, options: Options) -> Iterator[pl.DataFrame]:
+    """The rows of :func:`build_candidates`, a key partition at a time.
+
+    The parent lookup joins on two keys (a reply's ``parent_id``, a parent's ``id``),
+    so it takes two partitionings of the staged rows by the same hash
+    (:mod:`pipeline.spill`):
+
+    1. by ``id``: every copy of an id is in one partition, where the repeated copies
+       are found (their input positions are kept: few) and the first copies become
+       the parent table of that partition, written to disk;
+    2. by parent key (a reply's parent id; a comment that is not a reply goes by its
+       own id, to spread them): each partition's replies meet the parent table of the
+       same partition, since a parent's id hashes where its replies' parent keys do.
+
+    Memory holds one partition and the positions of repeated comments, whatever the
+    size of the month. With a single partition (a small input) this is
+    :func:`build_candidates` itself; otherwise rows come partition after partition,
+    input order within one.
+    """
+    from pipeline import spill
+
+    n_parts = spill.partition_count(staged_files)
+    if n_parts == 1:
+        batches = list(spill.read_batches(staged_files))
+        if batches:
+            yield build_candidates(spill.concat(batches).lazy(), options)[DATASET].collect()
+        return
+    scratch = work_dir / ".reddit-parents"
+    parent_tables = [spill.FrameFiles(scratch / f"part-{index:05d}", fresh=True) for index in range(n_parts)]
+    repeated: list[pl.Series] = []
+    try:
+        for index, rows in spill.key_partitions(staged_files, pl.col("id"), n_parts, work_dir):
+            rows = _with_order(rows.lazy())
+            first = pl.col("_order") == pl.col("_order").min().over("id")
+            rows = rows.with_columns((~first).alias("_repeat")).collect()
+            repeated.append(rows.filter(pl.col("_repeat")).get_column("_order"))
+            parent_tables[index].write(_parents(rows.lazy()).collect())
+        repeat_orders = pl.concat(repeated) if repeated else pl.Series("_order", [], dtype=pl.Int64)
+        by_parent = pl.coalesce(_parent_key(), pl.col("id"))
+        for index, rows in spill.key_partitions(staged_files, by_parent, n_parts, work_dir):
+            parents = parent_tables[index].read()
+            rows = _with_order(rows.lazy()).with_columns(pl.col("_order").is_in(repeat_orders.implode()).alias("_repeat"))
+            if parents is None:
+                parents = _parents(rows.head(0)).collect()
+            yield _pairs(rows, parents.lazy(), options).collect()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _with_order(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Add ``_order``: a row's global input position (file index, then line)."""
+    return rows.with_columns((pl.col("_file_index").cast(pl.Int64) * (1 << _LINE_BITS) + pl.col("_line")).alias("_order"))
+
+
+def _parent_key() -> pl.Expr:
+    """The id of a reply's parent comment (``t1_`` stripped); null when not a reply."""
+    return pl.when(pl.col("parent_id").str.starts_with("t1_")).then(pl.col("parent_id").str.strip_prefix("t1_"))
+
+
+def _parents(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """The parent table: each comment's first copy, by id."""
+    return rows.filter(~pl.col("_repeat")).select(
         pl.col("id").alias("_parent_key"),
         pl.col("body").alias("parent_body"),
         pl.col("score").alias("parent_score"),
         pl.lit(True).alias("_parent_found"),
     )
+
+
+def _pairs(rows: pl.LazyFrame, parents: pl.LazyFrame, options: Options) -> pl.LazyFrame:
+    """Rows (with ``_repeat``) joined to their parent: the candidate columns."""
     is_reply = pl.col("parent_id").str.starts_with("t1_")
-    rows = rows.with_columns(
-        pl.when(is_reply).then(pl.col("parent_id").str.strip_prefix("t1_")).alias("_parent_key")
-    ).join(parents, on="_parent_key", how="left")
+    rows = rows.with_columns(_parent_key().alias("_parent_key")).join(
+        parents, on="_parent_key", how="left", maintain_order="left"
+    )
     structure = _first_reason(
         [
             (pl.col("_repeat"), "duplicate_comment"),
@@ -201,7 +273,7 @@ def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.Laz
         _body_reason(pl.col("body"), pl.col("score"), options, prefix=""),
         _body_reason(pl.col("parent_body"), pl.col("parent_score"), options, prefix="parent_"),
     )
-    pairs = rows.select(
+    return rows.select(
         pl.col("parent_body").alias("anchor"),
         pl.col("body").alias("positive"),
         "id",
@@ -210,4 +282,3 @@ def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.Laz
         "_file_index",
         drop_reason.alias("drop_reason"),
     )
-    return {DATASET: pairs}
