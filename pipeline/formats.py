@@ -391,7 +391,6 @@ class _PolarsFastPath:
     _FLAT = {"string": pl.String, "int64": pl.Int64, "double": pl.Float64, "bool": pl.Boolean}
     # What polars' text of a non-string JSON value starts and ends like.
     _LOOKS_CONVERTED = r"^(?:-?[0-9][0-9.eE+-]*|true|false|\[.*\]|\{.*\})$"
-    _STARTS_LIKE_CONVERTED = r"^[-0-9tf\[{]"
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = {f.name: self._FLAT[str(f.type)] for f in schema}
@@ -416,14 +415,13 @@ class _PolarsFastPath:
     def _holds_converted_values(self, frame: pl.DataFrame) -> bool:
         if not self._strings:
             return False
-        # One cheap pass first: a converted value starts like a number, a boolean, a
-        # list or an object; only rows with such a start are matched in full.
-        starts = frame.select(
-            pl.any_horizontal(pl.col(name).str.contains(self._STARTS_LIKE_CONVERTED) for name in self._strings)
+        # One pass over every string column at once; almost always nothing matches.
+        suspect_rows = frame.select(
+            pl.any_horizontal(pl.col(name).str.contains(self._LOOKS_CONVERTED) for name in self._strings)
         ).to_series()
-        if not starts.any():
+        if not suspect_rows.any():
             return False
-        frame = frame.filter(starts)
+        frame = frame.filter(suspect_rows)
         for name in self._strings:
             suspects = frame.get_column(name).filter(frame.get_column(name).str.contains(self._LOOKS_CONVERTED))
             for value in suspects.to_list():

@@ -396,8 +396,20 @@ def finalize_source(
                 for batch in pl.scan_ipc(spill_path).collect_batches(chunk_size=spill.BATCH_ROWS):
                     builder.add(batch)
                 spill_path.unlink()
-    for name, builder in builders.items():
-        manifests[name] = builder.finish(entries, failures, resolved, hash_, source, progress, map_partitions)
+    finish = functools.partial(
+        _DatasetBuilder.finish,
+        entries=entries, failures=failures, resolved=resolved, hash_=hash_, source=source, progress=progress,
+        map_partitions=map_partitions,
+    )
+    # Each dataset's shards are its own: written side by side (Parquet encoding and
+    # zstd release the GIL). Not when dedup partitions go to a cluster: its client
+    # belongs to this thread.
+    if len(builders) > 1 and pl.thread_pool_size() > 1 and map_partitions is map:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pairforge-write") as pool:
+            done = dict(zip(builders, pool.map(finish, builders.values())))
+    else:
+        done = {name: finish(builder) for name, builder in builders.items()}
+    manifests.update(done)
     return [manifests[spec.name] for spec in specs]
 
 
