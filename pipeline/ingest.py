@@ -350,6 +350,7 @@ def finalize_source(
     streamed = [b for b in builders.values() if b.spec.streamed]
     partitioned = [b for b in builders.values() if b.spec.partition_key and not b.spec.streamed]
     whole = [b for b in builders.values() if not (b.spec.row_local or b.spec.partition_key or b.spec.streamed)]
+
     def build_row_local() -> None:
         bar = tqdm(total=total_rows, desc=f"{source}: clean", unit="row", disable=not progress, leave=False)
         for batch in spill.read_batches(staged_files):
@@ -363,15 +364,20 @@ def finalize_source(
         bar.close()
 
     def build_partitioned(builder: _DatasetBuilder) -> None:
-        parts = _key_partitions(staged_files, builder.spec.partition_key, builder.folder)
-        for part in parts:
+        bar = tqdm(total=total_rows, desc=f"{builder.spec.name}: join", unit="row", disable=not progress, leave=False)
+        for part in _key_partitions(staged_files, builder.spec.partition_key, builder.folder):
             builder.add(module.build_candidates(part.lazy(), options)[builder.spec.name].collect())
+            bar.update(part.height)
             release_free_memory()
+        bar.close()
 
     def build_streamed(builder: _DatasetBuilder) -> None:
+        bar = tqdm(total=total_rows, desc=f"{builder.spec.name}: join", unit="row", disable=not progress, leave=False)
         for frame in module.candidate_batches(builder.spec.name, staged_files, builder.folder, options):
             builder.add(frame)
+            bar.update(frame.height)
             release_free_memory()
+        bar.close()
 
     # The passes read the same staged files and write to different datasets: they run
     # side by side (polars releases the GIL), each dataset's rows in its own order.
