@@ -15,7 +15,8 @@ Flows:
 
 * ``build-corpus``: one task per input file per source (``stage-file``), then one task
   per source for dedup, shards and manifests (``finalize-source``);
-* ``mine-negatives``: one task per pair dataset to mine;
+* ``mine-negatives``: one task per pair dataset to mine (on Dask, a large dataset is
+  split into prepare, one encode task per slice of its texts, and finish);
 * ``write-config``: one task writing data_config.json.
 
 Tasks are coarse (a file, a source, a dataset), never a row. Whether a stage is
@@ -29,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -91,7 +92,13 @@ def finalize_input_source(
 
     corpus = Path(corpus_dir)
     manifests = finalize_source(
-        source, [Path(p) for p in staged], [Path(p) for p in inputs], corpus, build_config(IngestConfig, options), progress=False
+        source,
+        [Path(p) for p in staged],
+        [Path(p) for p in inputs],
+        corpus,
+        build_config(IngestConfig, options),
+        progress=False,
+        map_partitions=cluster_map(),
     )
     # As pipeline.ingest.ingest does: staged files are only needed until the manifests exist.
     shutil.rmtree(corpus / STAGING_DIR / source, ignore_errors=True)
@@ -99,6 +106,32 @@ def finalize_input_source(
         (corpus / STAGING_DIR).rmdir()
     _log_manifests(manifests)
     return manifests
+
+
+def cluster_map() -> Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]] | type[map]:
+    """A ``map`` over the Dask cluster this task runs on, else the builtin ``map``.
+
+    Inside a task on a Dask worker (the ``dask:`` task runners), the exact-dedup
+    partitions of a dataset become Dask tasks of their own, spread over the cluster's
+    workers (``worker_client`` lets this task wait without holding a worker slot);
+    the partition files live in the corpus folder, which a cluster shares. The mask
+    they give is the same as in one process (each partition is independent and the
+    merge is order-free: :meth:`pipeline.dedup.ExactDeduplicator.keep_mask`).
+    """
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return map
+
+    def on_cluster(function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        from distributed import worker_client
+
+        with worker_client() as client:
+            return client.gather(client.map(function, [str(item) for item in items], pure=False))
+
+    return on_cluster
 
 
 def _log_manifests(manifests: Sequence[dict[str, Any]]) -> None:
@@ -174,20 +207,105 @@ def mine_dataset(dataset: str, corpus_dir: str, options: dict[str, Any] | None) 
     return manifest
 
 
+@task(name="mine-prepare", task_run_name="mine-prepare-{dataset}", cache_policy=NO_CACHE)
+def prepare_mining_job(dataset: str, corpus_dir: str, options: dict[str, Any] | None, n_slices: int) -> Any:
+    """Check, read and plan one dataset's mining (:func:`pipeline.mining.prepare_mining`)."""
+    from pipeline.mining import MiningConfig, prepare_mining
+
+    corpus = Path(corpus_dir)
+    return prepare_mining(
+        corpus / dataset, corpus / mined_name(dataset), build_config(MiningConfig, options), n_slices=n_slices,
+        echo=get_run_logger().info,
+    )
+
+
+@task(name="mine-encode", task_run_name="mine-encode-{dataset}-{slice_index}", cache_policy=NO_CACHE)
+def encode_mining_slice(dataset: str, job: Any, slice_index: int) -> dict[str, Any]:
+    """Encode one slice of a dataset's texts into the shared embedding cache (:func:`pipeline.mining.encode_slice`)."""
+    from pipeline.mining import encode_slice
+
+    return encode_slice(job, slice_index, echo=get_run_logger().info)
+
+
+@task(name="mine-finish", task_run_name="mine-finish-{dataset}", cache_policy=NO_CACHE)
+def finish_mining_job(dataset: str, job: Any, encoded: list[dict[str, Any]]) -> dict[str, Any]:
+    """Search the shared index once, select and write (:func:`pipeline.mining.finish_mining`).
+
+    ``encoded`` (the slices' results) is what orders this task after every slice.
+    """
+    from pipeline.mining import finish_mining
+
+    logger = get_run_logger()
+    manifest = finish_mining(job, echo=logger.info)
+    logger.info("%s: %d rows with negatives in %s (%d slices encoded)", dataset, manifest["rows_kept"], manifest["dataset"], len(encoded))
+    return manifest
+
+
+ENCODE_SLICE_TEXTS = 50_000
+
+
+def _on_dask() -> bool:
+    """Whether this flow run's tasks go to a Dask cluster (prefect-dask's runner)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context is not None and type(context.task_runner).__name__ == "DaskTaskRunner"
+
+
+def _estimated_texts(dataset_dir: Path, options: dict[str, Any] | None) -> int:
+    """An upper bound of a dataset's distinct texts from manifests alone (no shard is read):
+    two per training row, plus the extra corpus' rows."""
+    from pipeline.shards import read_manifest
+
+    manifest = read_manifest(dataset_dir) or {}
+    texts = 2 * int(manifest.get("rows_train", 0))
+    for extra in (options or {}).get("extra_corpus", ()) or ():
+        extra_manifest = read_manifest(Path(extra)) if Path(extra).is_dir() else None
+        texts += int(extra_manifest.get("rows_train", 0)) if extra_manifest else ENCODE_SLICE_TEXTS
+    return texts
+
+
+def _mine_split(dataset: str, prepared: Any):
+    """Submit the encode tasks (one per slice) and the finish task of a prepared dataset."""
+    job = prepared.result()
+    encoded = [encode_mining_slice.submit(dataset, job, index) for index in range(len(job.slices))]
+    return finish_mining_job.submit(dataset, job, encoded)
+
+
 @flow(name="mine-negatives", log_prints=True, timeout_seconds=MINE_TIMEOUT_S)
-def mine_corpus(out_dir: str, datasets: list[str], mining: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Mine hard negatives for ``datasets`` of the corpus, one task per dataset.
+def mine_corpus(
+    out_dir: str, datasets: list[str], mining: dict[str, Any] | None = None, encode_slice_texts: int = ENCODE_SLICE_TEXTS
+) -> list[dict[str, Any]]:
+    """Mine hard negatives for ``datasets`` of the corpus.
+
+    On the default thread runner: one task per dataset. On a Dask cluster, a dataset
+    with more than ``encode_slice_texts`` texts is split: ``mine-prepare`` reads it
+    and plans the encoding, ``mine-encode`` tasks (one per slice of about
+    ``encode_slice_texts`` texts) encode on the workers into the shared embedding
+    cache, and ``mine-finish`` builds the index once, searches, selects and writes.
+    The output is byte-identical either way, on any number of workers.
 
     Args:
         out_dir: the output root holding ``corpus/``.
         datasets: names of pair datasets to mine (each gets a ``<name>-mined`` folder).
         mining: :class:`pipeline.mining.MiningConfig` overrides.
+        encode_slice_texts: texts per encode task on a Dask cluster.
 
     Returns:
         The manifests of the mined datasets.
     """
     corpus = corpus_paths(out_dir)["corpus"]
-    futures = [mine_dataset.submit(dataset, str(corpus), mining) for dataset in datasets]
+    split = _on_dask()
+    futures: list[Any] = []
+    for dataset in datasets:
+        texts = _estimated_texts(corpus / dataset, mining) if split else 0
+        if split and texts > encode_slice_texts:
+            n_slices = -(-texts // max(1, encode_slice_texts))
+            futures.append((dataset, prepare_mining_job.submit(dataset, str(corpus), mining, n_slices)))
+        else:
+            futures.append(mine_dataset.submit(dataset, str(corpus), mining))
+    # Every dataset is prepared (in parallel) before any slice is submitted.
+    futures = [_mine_split(*entry) if isinstance(entry, tuple) else entry for entry in futures]
     manifests = [future.result() for future in futures]
     publish_stage_table("mine", manifests, f"datasets with mined negatives in `{corpus}`")
     return manifests

@@ -174,12 +174,16 @@ class EmbeddingCache:
             name = self._segments[seg_id]
             seg_rows = row_of[in_seg]
             try:
-                vectors = np.load(self.folder / f"{name}.vectors.npy", allow_pickle=False, mmap_mode="r")
                 seg_keys = np.load(self.folder / f"{name}.keys.npy", allow_pickle=False, mmap_mode="r")
-                if vectors.shape[1] != self.dim or len(vectors) < len(seg_keys):
+                # Most of a segment wanted (a rebuild): one sequential read beats a
+                # gather through the memory map; a few rows: the map.
+                dense = len(seg_rows) * 4 >= len(seg_keys)
+                vectors = np.load(self.folder / f"{name}.vectors.npy", allow_pickle=False, mmap_mode=None if dense else "r")
+                if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) < len(seg_keys):
                     raise ValueError(f"vectors shape {vectors.shape} does not match {len(seg_keys)} keys")
                 order = np.argsort(seg_rows, kind="stable")
                 block = np.asarray(vectors[seg_rows[order]], dtype=np.float32)
+                del vectors
                 stored = np.asarray(seg_keys[seg_rows[order], 2])
             except (ValueError, OSError) as exc:
                 LOG.warning("embedding cache: segment %s unreadable (%s); recomputing its entries", name, exc)

@@ -32,13 +32,16 @@ them; the model is not even loaded when every embedding is cached.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import polars as pl
@@ -294,15 +297,20 @@ def build_text_table(pairs: pl.DataFrame, extra: pl.Series) -> TextTable:
 
 # --- step 2: embeddings ---------------------------------------------------------
 
+EncoderBackend = Literal["auto", "numpy", "torch"]
+
 
 class PlainEncoder:
     """A Transformer + mean/CLS pooling + Normalize sentence-transformers model run with
     plain ``transformers``: the same embeddings as ``SentenceTransformer.encode``, without
     importing sentence-transformers (about 300 MiB of resident memory saved).
 
-    Use :func:`load_mining_encoder`, which falls back to sentence-transformers for any
-    other architecture (prompts, other pooling, extra modules).
+    The torch backend's choice for such models (on a GPU, or with ``encoder="torch"``);
+    :func:`load_mining_encoder` falls back to sentence-transformers for any other
+    architecture (prompts, other pooling, extra modules).
     """
+
+    backend = "torch"
 
     def __init__(self, folder: Path, transformer_dir: Path, pooling: str, max_seq_length: int, device: str) -> None:
         # transformers resolves its names lazily, and that is not thread-safe: two
@@ -343,71 +351,109 @@ class PlainEncoder:
         return pooled.float().cpu().numpy()
 
 
-def _plain_encoder_spec(folder: Path) -> tuple[Path, str, int] | None:
-    """(transformer folder, pooling, max length) when ``folder`` is a plain Transformer+Pooling(+Normalize) model."""
-    import json
+def resolve_encoder(model_path: Path, device: str | None = None, backend: str = "auto") -> tuple[str, str]:
+    """The encoder backend and device a run uses, decided without importing torch.
 
-    try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
-        if kinds not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]):
-            return None
-        transformer_dir = folder / modules[0]["path"]
-        pooling_config = json.loads((folder / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
-        mode = pooling_config.get("pooling_mode")
-        if mode is None:
-            flags = [k for k in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
-                                  "lasttoken") if pooling_config.get(f"pooling_mode_{k}")]
-            mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(flags[0]) if len(flags) == 1 else None
-        if mode not in ("mean", "cls"):
-            return None
-        st_config_path = folder / "config_sentence_transformers.json"
-        st_config = json.loads(st_config_path.read_text(encoding="utf-8")) if st_config_path.exists() else {}
-        if st_config.get("default_prompt_name") or any(st_config.get("prompts", {}).values()):
-            return None
-        bert_config_path = transformer_dir / "sentence_bert_config.json"
-        bert_config = json.loads(bert_config_path.read_text(encoding="utf-8")) if bert_config_path.exists() else {}
-        max_len = bert_config.get("max_seq_length")
-        if max_len is None:
-            tok_config_path = transformer_dir / "tokenizer_config.json"
-            tok_config = json.loads(tok_config_path.read_text(encoding="utf-8")) if tok_config_path.exists() else {}
-            max_len = tok_config.get("model_max_length")
-        if not isinstance(max_len, int) or not 0 < max_len <= 100_000:
-            return None
-        return transformer_dir, mode, max_len
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
+    ``auto`` picks the numpy encoder (:mod:`pipeline.encoder_numpy`) on a CPU for plain
+    BERT + mean/CLS Pooling (+ Normalize) models, and torch otherwise (another
+    architecture, a visible GPU, or an explicit non-CPU ``device``).
 
+    Returns:
+        ``("numpy", "cpu")`` or ``("torch", device)``.
 
-def load_mining_encoder(model_path: Path, device: str | None = None) -> Any:
-    """An encoder with ``encode``, ``tokenizer``, ``max_seq_length``, ``get_embedding_dimension``.
-
-    A plain Transformer + Pooling + Normalize model runs on ``transformers`` alone
-    (:class:`PlainEncoder`); anything else loads through sentence-transformers.
+    Raises:
+        ValueError: an unknown backend, or ``numpy`` asked for a model or device it cannot run.
     """
-    from pipeline.models import load_encoder, pick_device
+    from pipeline.encoder_numpy import gpu_visible, numpy_encoder_spec
 
-    spec = _plain_encoder_spec(model_path)
-    if spec is None:
-        return load_encoder(model_path, device=device)
+    if backend not in ("auto", "numpy", "torch"):
+        raise ValueError(f"encoder backend must be auto, numpy or torch, got {backend!r}")
+    if backend == "numpy":
+        if device not in (None, "cpu"):
+            raise ValueError(f"the numpy encoder runs on the CPU only, not on device {device!r}")
+        if numpy_encoder_spec(model_path) is None:
+            raise ValueError(
+                f"{model_path}: the numpy encoder runs plain BERT + mean/CLS Pooling (+ Normalize) models with"
+                " model.safetensors and tokenizer.json only; use the torch encoder"
+            )
+        return "numpy", "cpu"
+    on_cpu = device == "cpu" or (device is None and not gpu_visible())
+    if backend == "auto" and on_cpu and numpy_encoder_spec(model_path) is not None:
+        return "numpy", "cpu"
+    return "torch", device or ("cuda" if gpu_visible() else "cpu")
+
+
+def embedding_cache_key(fingerprint: str, backend: str, device: str) -> str:
+    """The embedding cache's key: the model fingerprint, the backend and the device kind.
+
+    Backends (and CPU against GPU) agree to about 1e-7, not bit for bit; keeping their
+    vectors apart keeps a run's output a function of its inputs, model, config and
+    machine, never of which backend happened to fill the cache first.
+    """
+    import hashlib
+
+    return hashlib.sha256(f"{fingerprint}|{backend}|{device.split(':', 1)[0]}".encode()).hexdigest()
+
+
+def load_mining_encoder(model_path: Path, device: str | None = None, backend: str = "auto") -> Any:
+    """An encoder with ``encode``, ``max_seq_length``, ``get_embedding_dimension`` and ``backend``.
+
+    ``numpy`` (see :func:`resolve_encoder`) gives a
+    :class:`~pipeline.encoder_numpy.NumpyBertEncoder`; ``torch`` runs a plain
+    Transformer + Pooling + Normalize model on ``transformers`` alone
+    (:class:`PlainEncoder`) and anything else through sentence-transformers.
+    """
+    from pipeline.encoder_numpy import (
+        NumpyBertEncoder,
+        numpy_encoder_spec,
+        plain_stack_spec,
+    )
+
+    backend, device = resolve_encoder(model_path, device, backend)
+    if backend == "numpy":
+        return NumpyBertEncoder(numpy_encoder_spec(model_path))
+    from pipeline.models import load_encoder
+
+    stack = plain_stack_spec(model_path)
+    if stack is None:
+        model = load_encoder(model_path, device=device)
+        model.backend = "torch"
+        return model
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    return PlainEncoder(model_path, *spec, device=pick_device(device))
+    transformer_dir, pooling, _normalize, max_len = stack
+    return PlainEncoder(model_path, transformer_dir, pooling, max_len, device=device)
 
 
-def _encode_sorted(model: Any, texts: list[str], batch_size: int, echo: Echo | None) -> tuple[np.ndarray, np.ndarray]:
-    """Token lengths of ``texts`` and the order that sorts them longest first."""
-    tokenizer = model.tokenizer
-    max_len = model.max_seq_length or 512
+def encoder_dimension(model_path: Path, backend: str, encoder: Any | None) -> int:
+    """The embedding width: from the BERT config for numpy, from the loaded encoder otherwise."""
+    if backend == "numpy":
+        from pipeline.encoder_numpy import numpy_encoder_spec
+
+        spec = numpy_encoder_spec(model_path)
+        return int(json.loads((spec.transformer_dir / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+    return int(encoder.get_embedding_dimension())
+
+
+def token_lengths(model_path: Path, backend: str, encoder: Any | None, texts: list[str]) -> np.ndarray:
+    """Tokens per text (truncated, special tokens included), with the backend's own tokenizer."""
     lengths = np.empty(len(texts), dtype=np.int64)
+    if backend == "numpy":
+        from pipeline.encoder_numpy import load_tokenizer, numpy_encoder_spec
+
+        tokenizer = load_tokenizer(numpy_encoder_spec(model_path))
+        for start in range(0, len(texts), 8192):
+            encodings = tokenizer.encode_batch(texts[start : start + 8192], add_special_tokens=True)
+            lengths[start : start + len(encodings)] = [len(e.ids) for e in encodings]
+        return lengths
+    max_len = encoder.max_seq_length or 512
     for start in range(0, len(texts), 8192):
-        ids = tokenizer(
+        ids = encoder.tokenizer(
             texts[start : start + 8192], add_special_tokens=True, truncation=True, max_length=max_len,
             return_attention_mask=False, return_token_type_ids=False,
         )["input_ids"]
         lengths[start : start + len(ids)] = [len(x) for x in ids]
-    order = np.lexsort((np.arange(len(texts)), -lengths))
-    return lengths, order
+    return lengths
 
 
 TOKENS_PER_TEXT_BUDGET = 64
@@ -426,65 +472,46 @@ def token_budget_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int
     return batches
 
 
-def embed_texts(
-    texts: list[str],
-    embeddings_path: Path,
-    model_path: Path,
-    fingerprint: str,
-    cache: EmbeddingCache,
-    batch_size: int = 64,
-    device: str | None = None,
-    echo: Echo | None = print,
-) -> tuple[np.memmap, dict[str, int]]:
-    """Embeddings of ``texts`` in a memory-mapped ``.npy``, from the cache or the encoder.
-
-    Each text is encoded at most once; encoded texts are added to the cache in
-    segments as the run goes, so an interrupted run keeps what it computed.
+def plan_encoding(lengths: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one batch plan of a run: texts longest first, cut by :func:`token_budget_batches`.
 
     Returns:
-        The (n, dim) float32 memmap, and counts ``{"texts", "cached", "encoded"}``.
+        ``order`` (the texts' positions, in encoding order) and ``offsets`` (int64,
+        batch ``b`` is ``order[offsets[b]:offsets[b + 1]]``).
     """
-    from tqdm.auto import tqdm
+    order = np.lexsort((np.arange(len(lengths)), -lengths)).astype(np.int64)
+    batches = token_budget_batches(order, lengths, batch_size, batch_size * TOKENS_PER_TEXT_BUDGET)
+    offsets = np.zeros(len(batches) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in batches])
+    return order, offsets
 
-    keys = text_keys(texts)
-    model = None
-    if not cache.exists:
-        model = load_mining_encoder(model_path, device=device)
-        cache.dim = int(model.get_embedding_dimension())
-    embeddings = np.lib.format.open_memmap(embeddings_path, mode="w+", dtype=np.float32, shape=(len(texts), cache.dim))
-    found = cache.read_into(keys, embeddings, np.arange(len(texts)))
-    missing = np.flatnonzero(~found)
-    if len(missing):
-        if model is None:
-            model = load_mining_encoder(model_path, device=device)
-        missing_texts = [texts[i] for i in missing]
-        lengths, order = _encode_sorted(model, missing_texts, batch_size, echo)
-        started = time.perf_counter()
-        pending_rows: list[np.ndarray] = []
-        pending_vectors: list[np.ndarray] = []
-        with tqdm(total=len(order), desc="encoding", unit="text", disable=echo is None) as bar:
-            for batch in token_budget_batches(order, lengths, batch_size, batch_size * TOKENS_PER_TEXT_BUDGET):
-                vectors = model.encode(
-                    [missing_texts[i] for i in batch], batch_size=len(batch), normalize_embeddings=True,
-                    convert_to_numpy=True, show_progress_bar=False,
-                ).astype(np.float32, copy=False)
-                rows = missing[batch]
-                embeddings[rows] = vectors
-                pending_rows.append(rows)
-                pending_vectors.append(vectors)
-                if sum(len(r) for r in pending_rows) >= _CACHE_FLUSH:
-                    rows_all = np.concatenate(pending_rows)
-                    cache.append(keys[rows_all], np.concatenate(pending_vectors))
-                    pending_rows, pending_vectors = [], []
-                bar.update(len(batch))
-        if pending_rows:
-            rows_all = np.concatenate(pending_rows)
-            cache.append(keys[rows_all], np.concatenate(pending_vectors))
-        elapsed = time.perf_counter() - started
-        if echo is not None:
-            echo(f"encoded {len(missing):,} texts in {elapsed:.1f}s ({len(missing) / max(elapsed, 1e-9):,.0f} texts/s)")
-    embeddings.flush()
-    return embeddings, {"texts": len(texts), "cached": int(found.sum()), "encoded": int(len(missing))}
+
+def split_plan(offsets: np.ndarray, padded_tokens: np.ndarray, n_slices: int) -> list[tuple[int, int]]:
+    """Cut the batch plan into at most ``n_slices`` runs of whole batches with about equal
+    padded tokens (the encoder's work); each run is a ``(first row, end row)`` range."""
+    n_batches = len(offsets) - 1
+    if n_batches <= 0:
+        return []
+    n_slices = max(1, min(n_slices, n_batches))
+    cumulative = np.cumsum(padded_tokens)
+    cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, n_slices) / n_slices, side="left") + 1
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 1, n_batches), [n_batches]]))
+    return [(int(offsets[a]), int(offsets[b])) for a, b in pairwise(bounds)]
+
+
+def encode_in_batches(encoder: Any, batch_texts: Iterable[list[str]]) -> Iterator[np.ndarray]:
+    """float32 embeddings of each batch in order: numpy batches spread over the cores,
+    torch batches one after the other (torch spreads each batch itself)."""
+    if getattr(encoder, "backend", "torch") == "numpy":
+        from pipeline.encoder_numpy import encode_batches
+
+        yield from encode_batches(encoder, batch_texts)
+        return
+    for texts in batch_texts:
+        yield np.asarray(
+            encoder.encode(texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False),
+            dtype=np.float32,
+        )
 
 
 # --- step 3: the index and the search ---------------------------------------------
@@ -571,6 +598,26 @@ def _build_hnsw_index(embeddings, corpus_rows: np.ndarray, config: MiningConfig)
     return index
 
 
+class _NoBar:
+    def update(self, _n: int) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar, or a silent stand-in that does not import tqdm (tqdm.auto pulls in asyncio)."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="query")
+
+
 def search_candidates(
     embeddings: np.ndarray,
     corpus_rows: np.ndarray,
@@ -586,14 +633,12 @@ def search_candidates(
         scores (nq, k) float32 and corpus positions (nq, k) int64 (-1 where fewer
         than ``k`` exist), and a description of the index used.
     """
-    from tqdm.auto import tqdm
-
     kind = resolve_index_kind(config, len(corpus_rows))
     k_eff = max(1, min(k, len(corpus_rows)))
-    info: dict[str, Any] = {"kind": kind, "corpus_size": int(len(corpus_rows)), "k": int(k)}
+    info: dict[str, Any] = {"kind": kind, "corpus_size": len(corpus_rows), "k": int(k)}
     if kind == "flat":
         passes = -(-len(corpus_rows) // _CORPUS_BLOCK)
-        with tqdm(total=len(query_rows) * passes, desc="searching (exact)", unit="query", disable=not progress) as bar:
+        with _progress_bar(len(query_rows) * passes, "searching (exact)", progress) as bar:
             scores, ids = _search_flat(embeddings, corpus_rows, query_rows, k_eff, bar)
     else:
         index = build_ivf_index(embeddings, corpus_rows, config, work_dir) if kind == "ivf" else _build_hnsw_index(
@@ -605,7 +650,7 @@ def search_candidates(
             info.update(hnsw_m=config.hnsw_m, ef_search=config.hnsw_ef_search)
         scores = np.empty((len(query_rows), k_eff), dtype=np.float32)
         ids = np.empty((len(query_rows), k_eff), dtype=np.int64)
-        with tqdm(total=len(query_rows), desc=f"searching ({kind})", unit="query", disable=not progress) as bar:
+        with _progress_bar(len(query_rows), f"searching ({kind})", progress) as bar:
             for start in range(0, len(query_rows), _QUERY_BLOCK):
                 queries = _gather(embeddings, query_rows[start : start + _QUERY_BLOCK])
                 scores[start : start + len(queries)], ids[start : start + len(queries)] = index.search(queries, k_eff)
@@ -616,6 +661,95 @@ def search_candidates(
         ids = np.concatenate([ids, np.full((len(ids), k - k_eff), -1, dtype=np.int64)], axis=1)
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
     return scores, ids, info
+
+
+def embeddings_sha256(embeddings: np.ndarray) -> str:
+    """SHA-256 of an embedding matrix's float32 bytes, read in blocks (it may be a memmap)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for start in range(0, len(embeddings), 65_536):
+        digest.update(np.ascontiguousarray(embeddings[start : start + 65_536], dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+class SearchCache:
+    """Search results of earlier runs, so a rebuild over the same texts does not search again.
+
+    An entry is keyed by everything the search depends on: the embedding cache key
+    (model, backend, device kind), the SHA-256 of the run's embedding bytes, the
+    anchors' and the corpus' text keys in order, ``k`` and the index settings, so
+    it is reused only where a new search would return the same arrays. It holds the (anchors, k) scores and corpus positions
+    (``.npy``, loaded with ``allow_pickle=False``) and a JSON file, written last, with
+    the index description and a SHA-256 of both arrays; an entry whose bytes do not
+    match is ignored and searched again. Entries above ``max_bytes`` are not stored.
+    """
+
+    FORMAT = "pairforge-search-v1"
+
+    def __init__(self, folder: Path, max_bytes: int = 1 << 30) -> None:
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+
+    def key(
+        self, cache_key: str, anchor_keys: np.ndarray, corpus_keys: np.ndarray, k: int, config: MiningConfig, vectors_sha256: str
+    ) -> str:
+        """The entry name for a search of ``anchor_keys`` against ``corpus_keys`` over
+        embeddings whose bytes hash to ``vectors_sha256`` (:func:`embeddings_sha256`)."""
+        import hashlib
+
+        index = {name: getattr(config, name) for name in (
+            "index", "ivf_threshold", "nlist", "nprobe", "ivf_train_size", "hnsw_m", "hnsw_ef_search", "seed",
+        )}
+        header = [self.FORMAT, cache_key, int(k), index, vectors_sha256]
+        digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+        digest.update(np.ascontiguousarray(anchor_keys, dtype="<u8").tobytes())
+        digest.update(b"|")
+        digest.update(np.ascontiguousarray(corpus_keys, dtype="<u8").tobytes())
+        return digest.hexdigest()[:40]
+
+    @staticmethod
+    def _checksum(scores: np.ndarray, positions: np.ndarray) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(scores, dtype="<f4").tobytes())
+        digest.update(np.ascontiguousarray(positions, dtype="<i8").tobytes())
+        return digest.hexdigest()
+
+    def load(self, key: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+        """The stored (scores, positions, index description), or None when absent or damaged."""
+        meta_path = self.folder / f"{key}.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            scores = np.load(self.folder / f"{key}.scores.npy", allow_pickle=False)
+            positions = np.load(self.folder / f"{key}.positions.npy", allow_pickle=False)
+            if meta.get("format") != self.FORMAT or meta.get("sha256") != self._checksum(scores, positions):
+                raise ValueError("checksum mismatch")
+            return scores.astype(np.float32, copy=False), positions.astype(np.int64, copy=False), meta["index"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            import logging
+
+            logging.getLogger(__name__).warning("search cache: ignoring damaged entry %s (%s)", meta_path, exc)
+            return None
+
+    def store(self, key: str, scores: np.ndarray, positions: np.ndarray, index_info: dict[str, Any]) -> None:
+        """Keep a search's results (arrays first, the JSON that makes them visible last)."""
+        from pipeline.embedding_cache import _atomic_save_npy
+
+        if scores.nbytes + positions.nbytes > self.max_bytes:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _atomic_save_npy(self.folder / f"{key}.scores.npy", np.ascontiguousarray(scores, dtype="<f4"))
+            _atomic_save_npy(self.folder / f"{key}.positions.npy", np.ascontiguousarray(positions, dtype="<i8"))
+            meta = {"format": self.FORMAT, "index": index_info, "sha256": self._checksum(scores, positions)}
+            atomic_write_json(self.folder / f"{key}.json", meta)
+        except OSError as exc:  # a read-only or full cache disk costs a search next time, nothing more
+            import logging
+
+            logging.getLogger(__name__).warning("search cache: could not store %s (%s)", key, exc)
 
 
 # --- step 4: selection -------------------------------------------------------------
@@ -693,7 +827,7 @@ def select_negatives(
     Returns:
         The :class:`Selection`.
     """
-    n_anchors, width = candidate_tids.shape
+    n_anchors = candidate_tids.shape[0]
     scores = candidate_scores.astype(np.float32, copy=True)
     valid = candidate_tids >= 0
     safe_tids = np.where(valid, candidate_tids, 0)
@@ -788,7 +922,7 @@ def output_schema(num_negatives: int, output_format: OutputFormat) -> pa.Schema:
 def _histogram(values: np.ndarray) -> dict[str, Any]:
     values = values[np.isfinite(values)]
     counts, _ = np.histogram(np.clip(values, -1.0, 1.0), bins=HISTOGRAM_BINS)
-    summary: dict[str, Any] = {"count": int(len(values)), "bins": [round(float(b), 2) for b in HISTOGRAM_BINS]}
+    summary: dict[str, Any] = {"count": len(values), "bins": [round(float(b), 2) for b in HISTOGRAM_BINS]}
     summary["counts"] = [int(c) for c in counts]
     if len(values):
         quantiles = np.quantile(values.astype(np.float64), [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -866,38 +1000,67 @@ def _same_path(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def mine_negatives(
-    dataset_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    config: MiningConfig,
-    cache_dir: str | os.PathLike[str] | None = None,
-    device: str | None = None,
-    force: bool = False,
-    echo: Echo | None = print,
-) -> dict[str, Any]:
-    """Mine hard negatives for a pair dataset and write a triplet dataset.
+_PLAN_TEXTS = "encode-plan.parquet"
+_PLAN_BATCHES = "encode-batches.npy"
+_EMBEDDINGS = "embeddings.npy"
 
-    Args:
-        dataset_dir: a complete dataset folder (with ``manifest.json``).
-        out_dir: the output dataset folder (created; previous shards replaced).
+
+@dataclass(frozen=True)
+class MiningJob:
+    """One dataset's mining run between its steps: small, picklable, passed between tasks.
+
+    :func:`prepare_mining` makes it (and the work folder ``<out_dir>/.mine-work``
+    holding the embedding memmap and the encoding plan), :func:`encode_slice` encodes
+    one slice of the plan into the shared embedding cache (any process, any machine
+    that sees ``out_dir`` and ``cache_dir``), :func:`finish_mining` searches, selects
+    and writes. The plan is cut into batches before it is cut into slices, so every
+    text is encoded in the same batch however many slices or workers share the work.
+
+    Attributes:
+        dataset_dir, out_dir, cache_dir: absolute folders.
         config: the mining settings.
-        cache_dir: the embedding cache root; None for :func:`default_cache_dir`.
-        device: the torch device for the encoder; None picks one.
-        force: mine even when the output manifest already matches.
-        echo: where progress lines go (None for silence).
-
-    Returns:
-        The manifest written (or the existing one, when the step was skipped; then
-        ``skipped`` is added to the returned dict, not to the file).
-
-    Raises:
-        FileNotFoundError: the dataset folder, a shard or the model is missing.
-        ValueError: the dataset is incomplete, empty or malformed, or ``out_dir``
-            would overwrite the input.
+        backend, device: the encoder (see :func:`resolve_encoder`).
+        cache_key: the embedding cache's key (:func:`embedding_cache_key`).
+        dim: the embedding width.
+        slices: ``(first row, end row)`` ranges of the encoding plan, whole batches each.
+        cached: texts already in the cache when the job was prepared.
+        to_encode: texts the slices encode.
+        rows_read: training rows read (before the empty-text drop).
+        resolved, resolved_hash, inputs, source_manifest: what the manifest records.
+        skipped_manifest: the existing manifest when the output is already up to date.
     """
-    from pipeline.models import model_fingerprint, resolve_model_path
 
-    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    dataset_dir: str
+    out_dir: str
+    config: MiningConfig
+    cache_dir: str
+    backend: str = "numpy"
+    device: str = "cpu"
+    cache_key: str = ""
+    dim: int = 0
+    slices: tuple[tuple[int, int], ...] = ()
+    cached: int = 0
+    to_encode: int = 0
+    rows_read: int = 0
+    resolved: dict[str, Any] = field(default_factory=dict)
+    resolved_hash: str = ""
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    source_manifest: dict[str, Any] = field(default_factory=dict)
+    skipped_manifest: dict[str, Any] | None = None
+
+    @property
+    def work_dir(self) -> Path:
+        """The run's scratch folder (removed by :func:`finish_mining`)."""
+        return Path(self.out_dir) / _WORK_DIR
+
+    @property
+    def model_path(self) -> Path:
+        from pipeline.models import resolve_model_path
+
+        return resolve_model_path(self.config.model)
+
+
+def _checked_folders(dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
     if not dataset_dir.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {dataset_dir}")
     source_manifest = read_manifest(dataset_dir)
@@ -907,10 +1070,37 @@ def mine_negatives(
         raise ValueError(f"--out {out_dir} must not be the input dataset folder or inside it")
     if out_dir.resolve() in dataset_dir.resolve().parents:
         raise ValueError(f"--out {out_dir} must not contain the input dataset folder {dataset_dir}")
+    return source_manifest
+
+
+def _read_table(dataset_dir: Path, config: MiningConfig) -> tuple[TextTable, int]:
+    pairs, _ = read_pairs(dataset_dir)
+    extra, _ = read_extra_corpus(config.extra_corpus)
+    table = build_text_table(pairs, extra)
+    return table, len(pairs)
+
+
+def _prepare(
+    dataset_dir: Path,
+    out_dir: Path,
+    config: MiningConfig,
+    cache_dir: Path | None,
+    device: str | None,
+    encoder_backend: str,
+    force: bool,
+    n_slices: int,
+    echo: Echo | None,
+) -> tuple[MiningJob, TextTable | None, Any | None]:
+    """The job, the text table and the encoder when one had to be loaded to plan."""
+    from pipeline.models import cached_model_fingerprint, resolve_model_path
+
+    dataset_dir, out_dir = Path(dataset_dir).resolve(), Path(out_dir).resolve()
+    source_manifest = _checked_folders(dataset_dir, out_dir)
+    cache_root = Path(cache_dir).resolve() if cache_dir else default_cache_dir()
 
     # 1. inputs, config and the skip check
     model_path = resolve_model_path(config.model)
-    fingerprint = model_fingerprint(model_path)
+    fingerprint = cached_model_fingerprint(model_path, cache_root / "fingerprints")
     pairs, train_files = read_pairs(dataset_dir)
     extra, extra_files = read_extra_corpus(config.extra_corpus)
     if len(pairs) == 0:
@@ -924,11 +1114,15 @@ def mine_negatives(
     resolved_hash = config_hash(resolved)
     # Paths relative to the output's parent (the corpus root): a corpus moved or rebuilt
     # elsewhere keeps byte-identical manifests.
-    corpus_root = Path(out_dir).resolve().parent
+    corpus_root = out_dir.parent
     inputs = [
         {**entry, "path": os.path.relpath(Path(entry["path"]).resolve(), corpus_root)}
         for entry in input_entries(train_files + extra_files)
     ]
+    job = MiningJob(
+        dataset_dir=str(dataset_dir), out_dir=str(out_dir), config=config, cache_dir=str(cache_root),
+        rows_read=len(pairs), resolved=resolved, resolved_hash=resolved_hash, inputs=inputs, source_manifest=source_manifest,
+    )
     existing = read_manifest(out_dir)
     if (
         not force
@@ -940,24 +1134,163 @@ def mine_negatives(
     ):
         if echo is not None:
             echo(f"skipped: {out_dir} already holds this mining run (config {resolved_hash[:12]}); use --force to redo it")
-        return {**existing, "skipped": True}
+        return replace(job, skipped_manifest=existing), None, None
 
     table = build_text_table(pairs, extra)
+    del pairs, extra
     if len(table.pairs) == 0:
         raise ValueError(f"{dataset_dir}: every pair has an empty anchor or positive after normalization; nothing to mine")
     if echo is not None:
         echo(f"{len(table.pairs):,} pairs, {len(table.texts):,} distinct texts, corpus of {len(table.corpus_tids):,}")
 
-    work_dir = out_dir / _WORK_DIR
+    # 2a. what the cache holds, straight into the run's embedding memmap; a plan for the rest
+    backend, device = resolve_encoder(model_path, device, encoder_backend)
+    cache_key = embedding_cache_key(fingerprint, backend, device)
+    cache = EmbeddingCache(cache_root, cache_key)
+    encoder = None
+    if not cache.exists and backend != "numpy":
+        encoder = load_mining_encoder(model_path, device, backend)
+    dim = cache.dim if cache.exists else encoder_dimension(model_path, backend, encoder)
+    work_dir = job.work_dir
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
+    embeddings = np.lib.format.open_memmap(work_dir / _EMBEDDINGS, mode="w+", dtype=np.float32, shape=(len(table.texts), dim))
+    found = cache.read_into(text_keys(table.texts), embeddings, np.arange(len(table.texts)))
+    embeddings.flush()
+    del embeddings
+    missing = np.flatnonzero(~found)
+    slices: list[tuple[int, int]] = []
+    if len(missing):
+        missing_texts = [table.texts[i] for i in missing]
+        if encoder is None and backend != "numpy":
+            encoder = load_mining_encoder(model_path, device, backend)
+        lengths = token_lengths(model_path, backend, encoder, missing_texts)
+        order, offsets = plan_encoding(lengths, config.batch_size)
+        rows = missing[order]
+        pl.DataFrame({"tid": rows, "text": [table.texts[i] for i in rows]}).write_parquet(work_dir / _PLAN_TEXTS)
+        np.save(work_dir / _PLAN_BATCHES, offsets, allow_pickle=False)
+        sizes = np.diff(offsets)
+        padded = sizes * lengths[order[offsets[:-1]]]
+        slices = split_plan(offsets, padded, n_slices)
+    job = replace(
+        job, backend=backend, device=device, cache_key=cache_key, dim=int(dim), slices=tuple(slices),
+        cached=int(found.sum()), to_encode=len(missing),
+    )
+    return job, table, encoder
+
+
+def prepare_mining(
+    dataset_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: MiningConfig,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    encoder_backend: EncoderBackend = "auto",
+    force: bool = False,
+    n_slices: int = 1,
+    echo: Echo | None = print,
+) -> MiningJob:
+    """Step one of a mining run split over workers: check, read, plan the encoding.
+
+    Reads the pairs and the extra corpus, decides whether the output is already up to
+    date (``job.skipped_manifest``), copies every cached embedding into the work
+    folder and plans the encoding of the rest, cut into at most ``n_slices`` slices
+    for :func:`encode_slice`. Then :func:`finish_mining`. :func:`mine_negatives` runs
+    the same three steps in one process; the output is byte-identical.
+
+    Raises:
+        The errors of :func:`mine_negatives`.
+    """
+    job, _, _ = _prepare(
+        Path(dataset_dir), Path(out_dir), config, Path(cache_dir) if cache_dir else None, device, encoder_backend, force,
+        n_slices, echo,
+    )
+    return job
+
+
+def encode_slice(job: MiningJob, slice_index: int, echo: Echo | None = None, encoder: Any | None = None) -> dict[str, Any]:
+    """Encode slice ``slice_index`` of a job's plan into the shared embedding cache.
+
+    Any process may run any slice, in any order, at the same time as others: each
+    writes its own cache segments (atomic files named by content). Runs in a Dask
+    worker, one slice per task (one worker per GPU where there are GPUs).
+
+    Args:
+        job: from :func:`prepare_mining`.
+        slice_index: which of ``job.slices``.
+        echo: where the rate line goes (None for silence).
+        encoder: an already loaded encoder of the job's backend (else loaded here).
+
+    Returns:
+        ``{"slice", "texts", "seconds"}``.
+    """
+    first, end = job.slices[slice_index]
+    work_dir = job.work_dir
+    offsets = np.load(work_dir / _PLAN_BATCHES, allow_pickle=False)
+    plan = pl.scan_parquet(work_dir / _PLAN_TEXTS).slice(first, end - first).collect()
+    texts = plan.get_column("text").to_list()
+    bounds = offsets[(offsets >= first) & (offsets <= end)] - first
+    if encoder is None:
+        encoder = load_mining_encoder(job.model_path, job.device, job.backend)
+    cache = EmbeddingCache(job.cache_dir, job.cache_key, job.dim)
+    keys = text_keys(texts)
+    started = time.perf_counter()
+    pending: list[np.ndarray] = []
+    pending_start = 0
+    done = 0
+    batch_texts = (texts[a:b] for a, b in pairwise(bounds))
+    for vectors in encode_in_batches(encoder, batch_texts):
+        pending.append(vectors)
+        done += len(vectors)
+        if done - pending_start >= _CACHE_FLUSH:
+            cache.append(keys[pending_start:done], np.concatenate(pending))
+            pending, pending_start = [], done
+    if pending:
+        cache.append(keys[pending_start:done], np.concatenate(pending))
+    elapsed = time.perf_counter() - started
+    if echo is not None:
+        echo(f"slice {slice_index}: encoded {done:,} texts in {elapsed:.1f}s ({done / max(elapsed, 1e-9):,.0f} texts/s, {job.backend})")
+    return {"slice": slice_index, "texts": done, "seconds": elapsed}
+
+
+def finish_mining(job: MiningJob, echo: Echo | None = print, table: TextTable | None = None) -> dict[str, Any]:
+    """Last step: gather the slices' embeddings, search once, select, write shards and manifest.
+
+    Texts a slice did not deliver (a lost worker, a corrupt cache entry) are encoded
+    here, with the same batch plan. The work folder is removed at the end.
+
+    Returns:
+        The manifest written (with ``embedding_counts`` added to the returned dict);
+        for a skipped job, the existing manifest with ``skipped`` added.
+    """
+    if job.skipped_manifest is not None:
+        return {**job.skipped_manifest, "skipped": True}
+    config = job.config
+    out_dir, dataset_dir, work_dir = Path(job.out_dir), Path(job.dataset_dir), job.work_dir
     try:
-        # 2. embeddings (cache first, encoder for the rest)
-        cache = EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir(), fingerprint)
-        embeddings, embed_counts = embed_texts(
-            table.texts, work_dir / "embeddings.npy", model_path, fingerprint, cache, config.batch_size, device, echo
-        )
+        if table is None:
+            table, _ = _read_table(dataset_dir, config)
+        embeddings = np.load(work_dir / _EMBEDDINGS, mmap_mode="r+", allow_pickle=False)
+        # 2b. the slices' embeddings, from the cache
+        if job.to_encode:
+            plan_tids = pl.read_parquet(work_dir / _PLAN_TEXTS, columns=["tid"]).get_column("tid").to_numpy().astype(np.int64)
+            cache = EmbeddingCache(job.cache_dir, job.cache_key, job.dim)
+            found = cache.read_into(text_keys([table.texts[i] for i in plan_tids]), embeddings, plan_tids)
+            if not found.all():
+                lost = plan_tids[~found]
+                if echo is not None:
+                    echo(f"{len(lost):,} texts of the encoding plan are not in the cache; encoding them here")
+                encoder = load_mining_encoder(job.model_path, job.device, job.backend)
+                lost_texts = [table.texts[i] for i in lost]
+                order, offsets = plan_encoding(token_lengths(job.model_path, job.backend, encoder, lost_texts), config.batch_size)
+                batch_texts = ([lost_texts[i] for i in order[a:b]] for a, b in pairwise(offsets))
+                vectors = np.concatenate(list(encode_in_batches(encoder, batch_texts)))
+                embeddings[lost[order]] = vectors
+                cache.append(text_keys([lost_texts[i] for i in order]), vectors)
+                del encoder
+        embeddings.flush()
+        embed_counts = {"texts": len(table.texts), "cached": job.cached, "encoded": job.to_encode}
 
         # 3. distinct anchors, positive scores, one search
         anchor_tid_per_pair = table.pairs.get_column("anchor_tid").to_numpy().astype(np.int64)
@@ -978,13 +1311,23 @@ def mine_negatives(
         if config.num_negatives > range_max - config.range_min:
             raise ValueError(f"range_max={range_max} leaves fewer than num_negatives={config.num_negatives} candidates")
         k = range_max + max_positives
-        scores, positions, index_info = search_candidates(
-            embeddings, table.corpus_tids, anchor_tids, k, config, work_dir, progress=echo is not None
+        all_keys = text_keys(table.texts)
+        searches = SearchCache(Path(job.cache_dir) / job.cache_key[:32] / "searches")
+        search_key = searches.key(
+            job.cache_key, all_keys[anchor_tids], all_keys[table.corpus_tids], k, config, embeddings_sha256(embeddings)
         )
+        found_search = searches.load(search_key)
+        if found_search is None:
+            scores, positions, index_info = search_candidates(
+                embeddings, table.corpus_tids, anchor_tids, k, config, work_dir, progress=echo is not None
+            )
+            searches.store(search_key, scores, positions, index_info)
+        else:
+            scores, positions, index_info = found_search
         candidate_tids = np.where(positions >= 0, table.corpus_tids[np.maximum(positions, 0)], -1)
 
         # 4. selection
-        seeds = text_keys(table.texts)[:, 1]
+        seeds = all_keys[:, 1]
         selection = select_negatives(
             candidate_tids, scores, anchor_tids, pair_anchor, positive_tid_per_pair, positive_scores,
             table.guard_group, config, range_max, text_seeds=seeds,
@@ -1001,34 +1344,36 @@ def mine_negatives(
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
+    source_manifest = job.source_manifest
     manifest = {
         "dataset": out_dir.name,
         "source": source_manifest.get("source"),
         "stage": "mine",
         "unit": "pair_negative_slot" if unit_slots else "pair",
-        "rows_read": len(pairs) * per_row,
+        "rows_read": job.rows_read * per_row,
         "rows_kept": rows_written,
         "rows_train": rows_written,
         "rows_heldout": 0,
         "dropped": dropped.as_dict(),
         "columns": output_schema(config.num_negatives, config.output_format).names,
         "shards": shards,
-        "inputs": inputs,
+        "inputs": job.inputs,
         "failures": [],
         "quarantine": {"path": None, "rows": 0},
         "mined_from": {
             "dataset": source_manifest.get("dataset"),
-            "path": os.path.relpath(Path(dataset_dir).resolve(), corpus_root),
+            "path": os.path.relpath(dataset_dir, out_dir.parent),
             "stage": source_manifest.get("stage"),
             "config_hash": source_manifest.get("config_hash"),
         },
         "mining": {
-            "pairs": int(len(table.pairs)),
-            "anchors": int(len(anchor_tids)),
-            "distinct_texts": int(len(table.texts)),
-            "corpus_size": int(len(table.corpus_tids)),
+            "pairs": len(table.pairs),
+            "anchors": len(anchor_tids),
+            "distinct_texts": len(table.texts),
+            "corpus_size": len(table.corpus_tids),
             "max_positives_per_anchor": max_positives,
             "range_max": int(range_max),
+            "encoder": {"backend": job.backend, "device": job.device.split(":", 1)[0]},
             "index": index_info,
             "candidates_retrieved": selection.candidates,
             "candidates_skipped": selection.skipped,
@@ -1038,8 +1383,8 @@ def mine_negatives(
             "positive_scores": _histogram(positive_scores),
             "negative_scores": _histogram(negative_scores),
         },
-        "config": resolved,
-        "config_hash": resolved_hash,
+        "config": job.resolved,
+        "config_hash": job.resolved_hash,
         "versions": library_versions("faiss-cpu", "sentence-transformers", "torch", "numpy"),
     }
     check_accounting(manifest)
@@ -1050,6 +1395,54 @@ def mine_negatives(
             f" index {index_info['kind']} over {index_info['corpus_size']:,} texts"
         )
     return {**manifest, "embedding_counts": embed_counts}
+
+
+def mine_negatives(
+    dataset_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: MiningConfig,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    force: bool = False,
+    echo: Echo | None = print,
+    encoder_backend: EncoderBackend = "auto",
+) -> dict[str, Any]:
+    """Mine hard negatives for a pair dataset and write a triplet dataset, in this process.
+
+    The same steps as :func:`prepare_mining`, :func:`encode_slice` and
+    :func:`finish_mining` run on a cluster, with the same output bytes.
+
+    Args:
+        dataset_dir: a complete dataset folder (with ``manifest.json``).
+        out_dir: the output dataset folder (created; previous shards replaced).
+        config: the mining settings.
+        cache_dir: the embedding cache root; None for :func:`default_cache_dir`.
+        device: the encoder's device; None: a GPU when one is visible, else the CPU.
+        force: mine even when the output manifest already matches.
+        echo: where progress lines go (None for silence).
+        encoder_backend: ``auto`` (numpy on a CPU for plain BERT models, else torch),
+            ``numpy`` or ``torch`` (see :func:`resolve_encoder`).
+
+    Returns:
+        The manifest written (or the existing one, when the step was skipped; then
+        ``skipped`` is added to the returned dict, not to the file).
+
+    Raises:
+        FileNotFoundError: the dataset folder, a shard or the model is missing.
+        ValueError: the dataset is incomplete, empty or malformed, or ``out_dir``
+            would overwrite the input.
+    """
+    job, table, encoder = _prepare(
+        Path(dataset_dir), Path(out_dir), config, Path(cache_dir) if cache_dir else None, device, encoder_backend, force, 1, echo
+    )
+    if job.skipped_manifest is None and job.slices:
+        if encoder is None:
+            encoder = load_mining_encoder(job.model_path, job.device, job.backend)
+        for index in range(len(job.slices)):
+            encode_slice(job, index, echo=echo, encoder=encoder)
+    # The model's weights and buffers are not needed for the search: free them first.
+    del encoder
+    return finish_mining(job, echo=echo, table=table)
 
 
 # --- command line -----------------------------------------------------------------
@@ -1079,7 +1472,11 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=MiningConfig.batch_size)
     parser.add_argument("--extra-corpus", nargs="*", default=[], help="dataset folders or Parquet files added to the corpus")
     parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD)
-    parser.add_argument("--device", default=None, help="torch device for the encoder (default: cuda if visible, else cpu)")
+    parser.add_argument("--device", default=None, help="encoder device (default: cuda if a GPU is visible, else cpu)")
+    parser.add_argument(
+        "--encoder", choices=("auto", "numpy", "torch"), default="auto",
+        help="encoder backend: auto runs plain BERT models in numpy on a CPU (less memory), others in torch",
+    )
     parser.add_argument("--force", action="store_true", help="mine even if the output manifest already matches")
 
 
@@ -1106,7 +1503,10 @@ def mine_command(args: argparse.Namespace) -> int:
         extra_corpus=tuple(args.extra_corpus),
         rows_per_shard=args.rows_per_shard,
     )
-    manifest = mine_negatives(args.dataset_dir, args.out, config, cache_dir=args.cache_dir, device=args.device, force=args.force)
+    manifest = mine_negatives(
+        args.dataset_dir, args.out, config, cache_dir=args.cache_dir, device=args.device, force=args.force,
+        encoder_backend=args.encoder,
+    )
     if manifest.get("skipped"):
         return 0
     stats = manifest["mining"]

@@ -14,9 +14,20 @@ import polars as pl
 import pytest
 
 from pipeline.embedding_cache import EmbeddingCache, text_keys
-from pipeline.mining import MiningConfig, mine_negatives, search_candidates, select_negatives
+from pipeline.mining import (
+    MiningConfig,
+    mine_negatives,
+    search_candidates,
+    select_negatives,
+)
 from pipeline.records import arrow_schema
-from pipeline.shards import ShardWriter, atomic_write_json, check_accounting, config_hash, file_sha256
+from pipeline.shards import (
+    ShardWriter,
+    atomic_write_json,
+    check_accounting,
+    config_hash,
+    file_sha256,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "mining"
 
@@ -365,8 +376,73 @@ def test_plain_encoder_matches_sentence_transformers(tiny_model_dir):
     from pipeline.models import load_encoder
 
     texts = [p["anchor"] for p in load_jsonl("pairs.jsonl")] + ["x", "a much longer text " * 40]
-    plain = load_mining_encoder(tiny_model_dir, device="cpu")
+    plain = load_mining_encoder(tiny_model_dir, device="cpu", backend="torch")
     assert isinstance(plain, PlainEncoder)
     ours = np.concatenate([plain.encode(texts[i : i + 8]) for i in range(0, len(texts), 8)])
     theirs = load_encoder(tiny_model_dir, device="cpu").encode(texts, batch_size=8, normalize_embeddings=True)
     assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_rebuild_reuses_the_search_and_a_damaged_entry_is_searched_again(pairs_dataset, tmp_path, tiny_model_dir, monkeypatch):
+    from pipeline import mining
+
+    config = MiningConfig(model=str(tiny_model_dir), num_negatives=2)
+    first = mine_negatives(pairs_dataset, tmp_path / "a" / "mined", config, cache_dir=tmp_path / "c", echo=None)
+    entries = sorted((tmp_path / "c").glob("*/searches/*.json"))
+    assert len(entries) == 1
+
+    def no_search(*_args, **_kwargs):
+        raise AssertionError("searched again although the search cache holds this search")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mining, "search_candidates", no_search)
+        again = mine_negatives(pairs_dataset, tmp_path / "b" / "mined", config, cache_dir=tmp_path / "c", echo=None)
+    assert again["shards"] == first["shards"] and again["mining"] == first["mining"]
+
+    scores_path = entries[0].with_name(entries[0].name.replace(".json", ".scores.npy"))
+    damaged = np.load(scores_path)
+    damaged[0, 0] += 0.5
+    np.save(scores_path, damaged)
+    searched = []
+    real_search = mining.search_candidates
+    monkeypatch.setattr(mining, "search_candidates", lambda *a, **k: searched.append(1) or real_search(*a, **k))
+    third = mine_negatives(pairs_dataset, tmp_path / "d" / "mined", config, cache_dir=tmp_path / "c", echo=None)
+    assert searched == [1] and third["shards"] == first["shards"]
+    # A different k (more negatives) is a different search.
+    mine_negatives(pairs_dataset, tmp_path / "e" / "mined", MiningConfig(model=str(tiny_model_dir), num_negatives=3),
+                   cache_dir=tmp_path / "c", echo=None)
+    assert searched == [1, 1]
+
+
+def test_torch_backend_mines_too_and_backends_are_cached_apart(pairs_dataset, tmp_path, tiny_model_dir):
+    config = MiningConfig(model=str(tiny_model_dir))
+    numpy_run = mine_negatives(pairs_dataset, tmp_path / "n", config, cache_dir=tmp_path / "c", echo=None)
+    torch_run = mine_negatives(pairs_dataset, tmp_path / "t", config, cache_dir=tmp_path / "c", echo=None, encoder_backend="torch")
+    assert numpy_run["mining"]["encoder"] == {"backend": "numpy", "device": "cpu"}
+    assert torch_run["mining"]["encoder"] == {"backend": "torch", "device": "cpu"}
+    # The torch run found nothing of the numpy run's in the cache: it encoded everything.
+    assert torch_run["embedding_counts"]["encoded"] == numpy_run["embedding_counts"]["encoded"] > 0
+    assert len(list((tmp_path / "c").glob("*/meta.json"))) == 2
+    assert torch_run["rows_kept"] == numpy_run["rows_kept"]
+
+
+def test_model_fingerprint_is_remembered_by_file_stats(tiny_model_dir, tmp_path):
+    import os
+    import shutil
+
+    from pipeline.models import cached_model_fingerprint, model_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    store = tmp_path / "fingerprints"
+    first = cached_model_fingerprint(model, store)
+    assert first == model_fingerprint(model) and len(list(store.iterdir())) == 1
+    (next(store.iterdir())).write_text("f" * 64)  # a stored value is trusted while the stats match
+    assert cached_model_fingerprint(model, store) == "f" * 64
+    weights = next(model.rglob("model.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # same size, new bytes, new mtime
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
+    changed = cached_model_fingerprint(model, store)
+    assert changed == model_fingerprint(model) and changed not in (first, "f" * 64)
