@@ -105,7 +105,13 @@ def key_partitions(
     Rows with equal keys land in the same partition, in input order; partitions come
     in order, one in memory at a time, and empty ones are skipped. With one
     partition the rows are not copied to disk first.
+
+    On disk, each batch of rows becomes one Arrow IPC file holding one record batch
+    per partition (few files, however many partitions), and a partition is read back
+    by fetching just its record batches from each file.
     """
+    import pyarrow as pa
+
     if n_parts == 1:
         batches = list(read_batches(paths))
         if batches:
@@ -114,17 +120,41 @@ def key_partitions(
     work_dir.mkdir(parents=True, exist_ok=True)
     part_dir = Path(tempfile.mkdtemp(prefix=".partitions-", dir=work_dir))
     try:
-        writers = [FrameFiles(part_dir / f"part-{index:05d}") for index in range(n_parts)]
-        for batch in read_batches(paths):
+        # (file, {partition: [record batch positions]}) for each batch written.
+        written: list[tuple[Path, dict[int, list[int]]]] = []
+        schema: pa.Schema | None = None
+        for number, batch in enumerate(read_batches(paths)):
             split = batch.with_columns(partition_of(key, n_parts).alias("_part")).partition_by(
                 "_part", as_dict=True, include_key=False, maintain_order=True
             )
-            for (index,), rows in split.items():
-                writers[int(index)].write(rows)
-        for index, writer in enumerate(writers):
-            rows = writer.read()
-            shutil.rmtree(writer.folder)
-            if rows is not None:
-                yield index, rows
+            path = part_dir / f"{number:06d}.arrow"
+            positions: dict[int, list[int]] = {}
+            with pa.OSFile(str(path), "wb") as sink:
+                writer = None
+                count = 0
+                for (index,), rows in sorted(split.items()):
+                    table = rows.to_arrow()
+                    schema = schema or table.schema
+                    if writer is None:
+                        writer = pa.ipc.new_file(sink, schema)
+                    for record_batch in table.cast(schema).to_batches():
+                        positions.setdefault(int(index), []).append(count)
+                        writer.write_batch(record_batch)
+                        count += 1
+                if writer is not None:
+                    writer.close()
+            written.append((path, positions))
+        for index in range(n_parts):
+            pieces = []
+            for path, positions in written:
+                if index in positions:
+                    with pa.OSFile(str(path)) as source:
+                        reader = pa.ipc.open_file(source)
+                        for position in positions[index]:
+                            piece = pl.from_arrow(reader.get_batch(position))
+                            assert isinstance(piece, pl.DataFrame)
+                            pieces.append(piece)
+            if pieces:
+                yield index, concat(pieces)
     finally:
         shutil.rmtree(part_dir, ignore_errors=True)
