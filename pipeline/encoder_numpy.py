@@ -311,18 +311,25 @@ class NumpyBertEncoder:
         return self.hidden
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Last hidden states (B, L, H) of padded token ids with their attention mask."""
+        """Last hidden states (B, L, H) of padded token ids with their attention mask.
+
+        Every product runs per text: ``(B, L, H) @ W`` is one GEMM per text in numpy
+        (matmul loops over the stack), never one GEMM over all ``B * L`` rows, whose
+        blocking would make a row's last bits depend on its position and on the batch
+        size. With unpadded batches (mining cuts them by token length), a text's
+        embedding is then the same bytes in any batch, on any number of threads.
+        """
         batch, length = ids.shape
         heads, head_dim = self.heads, self.hidden // self.heads
         x = self.word[ids] + self.position[:length] + self.token_type0
-        x = _layer_norm(x.reshape(batch * length, self.hidden), *self.emb_ln, self.eps)
+        x = _layer_norm(x, *self.emb_ln, self.eps)
         # transformers' extended mask: 0 for tokens, the dtype's minimum for padding.
         bias = np.where(mask[:, None, None, :] > 0, np.float32(0.0), np.finfo(np.float32).min).astype(np.float32)
         scale = np.float32(1.0 / math.sqrt(head_dim))
-        # Attention and feed-forward run on row chunks of bounded size: a batch of long
-        # texts would otherwise hold (batch, heads, length, length) scores at once.
+        # Attention and feed-forward run on chunks of texts of bounded size: a batch of
+        # long texts would otherwise hold (batch, heads, length, length) scores at once.
         attention_rows = max(1, _ATTENTION_BYTES // (heads * length * length * 4))
-        token_rows = max(length, (_FFN_TOKENS // length) * length)
+        ffn_rows = max(1, _FFN_TOKENS // length)
         for block in self.blocks:
             qkv = x @ block["qkv_w"]
             qkv += block["qkv_b"]
@@ -337,13 +344,13 @@ class NumpyBertEncoder:
                 np.exp(scores, out=scores)
                 scores /= scores.sum(axis=-1, keepdims=True)
                 context[rows] = (scores @ v).transpose(0, 2, 1, 3)
-            attended = context.reshape(batch * length, self.hidden) @ block["out_w"]
+            attended = context.reshape(batch, length, self.hidden) @ block["out_w"]
             attended += block["out_b"]
             attended += x
             x = _layer_norm(attended, *block["ln1"], self.eps)
             out = np.empty_like(x)
-            for start in range(0, len(x), token_rows):
-                part = x[start : start + token_rows]
+            for start in range(0, batch, ffn_rows):
+                part = x[start : start + ffn_rows]
                 up = part @ block["up_w"]
                 up += block["up_b"]
                 gelu_inplace(up)
@@ -352,7 +359,7 @@ class NumpyBertEncoder:
                 down += part
                 out[start : start + len(part)] = down
             x = _layer_norm(out, *block["ln2"], self.eps)
-        return x.reshape(batch, length, self.hidden)
+        return x
 
     def encode(self, texts: list[str], normalize_embeddings: bool = False, **_: object) -> np.ndarray:
         """Embeddings of ``texts`` as one padded batch: float32 (n, dim), L2-normalized
@@ -371,7 +378,7 @@ class NumpyBertEncoder:
         if self.spec.pooling == "cls":
             pooled = tokens[:, 0]
         else:
-            summed = np.einsum("blh,bl->bh", tokens, mask)
+            summed = (tokens * mask[:, :, None]).sum(axis=1)  # per text, whatever the batch
             pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), np.float32(1e-9))
         pooled = pooled.astype(np.float32, copy=False)
         if self.spec.normalize or normalize_embeddings:

@@ -461,12 +461,22 @@ TOKENS_PER_TEXT_BUDGET = 64
 
 def token_budget_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, token_budget: int) -> list[np.ndarray]:
     """Cut length-sorted ``order`` into batches of at most ``batch_size`` texts and
-    ``token_budget`` padded tokens, so a batch of long texts stays small in memory."""
+    ``token_budget`` tokens, so a batch of long texts stays small in memory.
+
+    A batch holds texts of ONE token length: nothing is padded. Padding changes a
+    text's embedding in the last bits (the attention sums run over more positions),
+    so with padding a text's bytes would depend on which other texts happen to need
+    encoding with it (what the cache already holds, how datasets were scheduled on a
+    cluster). Without it, each text's embedding is the same bytes in any batch.
+    """
     batches: list[np.ndarray] = []
     start = 0
     while start < len(order):
-        longest = int(lengths[order[start]])  # sorted longest first: the first text sets the padding
-        size = max(1, min(batch_size, token_budget // max(longest, 1)))
+        length = int(lengths[order[start]])
+        size = max(1, min(batch_size, token_budget // max(length, 1)))
+        window = lengths[order[start : start + size]]
+        if window[-1] != length:  # sorted longest first: stop where the length changes
+            size = int(np.argmax(window != length))
         batches.append(order[start : start + size])
         start += size
     return batches
@@ -495,7 +505,14 @@ def split_plan(offsets: np.ndarray, padded_tokens: np.ndarray, n_slices: int) ->
     n_slices = max(1, min(n_slices, n_batches))
     cumulative = np.cumsum(padded_tokens)
     cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, n_slices) / n_slices, side="left") + 1
-    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 1, n_batches), [n_batches]]))
+    # Exactly n_slices non-empty runs: cut i lies in [i + 1, n_batches - (n_slices - 1 - i)],
+    # and after the cut before it (a batch heavier than a share would merge two cuts).
+    low = np.arange(1, n_slices)
+    cuts = np.clip(cuts, low, n_batches - (n_slices - 1) + low - 1)
+    cuts = np.maximum.accumulate(np.maximum(cuts, low))
+    for i in range(1, len(cuts)):
+        cuts[i] = max(cuts[i], cuts[i - 1] + 1)
+    bounds = np.concatenate([[0], cuts, [n_batches]]).astype(np.int64)
     return [(int(offsets[a]), int(offsets[b])) for a, b in pairwise(bounds)]
 
 

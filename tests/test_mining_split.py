@@ -137,3 +137,18 @@ def test_mine_flow_splits_a_dataset_over_a_dask_cluster(tmp_path, tiny_model_dir
     assert len(stream.data) == 6, [record["key"] for record in stream.data]
     threads, dask = (digests(tmp_path / run / "corpus" / "pairs-mined") for run in ("threads", "dask"))
     assert len(threads) >= 2 and dask == threads
+
+
+def test_output_does_not_depend_on_what_the_cache_already_holds(dataset, tmp_path, base_model_dir):
+    """Batches are never padded, so a text's embedding is the same bytes whatever is
+    encoded beside it: a cache warmed by another dataset sharing half of the texts
+    (as a cluster's scheduling or a second dataset would leave it) changes nothing.
+    The real model: padding's effect on the last bits shows there, not in the tiny one."""
+    config = config_for(base_model_dir)
+    mine_negatives(dataset, out(tmp_path, "cold"), config, cache_dir=tmp_path / "c1", echo=None)
+    other = write_dataset(tmp_path / "other", load_jsonl("pairs.jsonl")[::2])
+    mine_negatives(other, tmp_path / "other-run" / "other-mined", config, cache_dir=tmp_path / "c2", echo=None)
+    warmed = mine_negatives(dataset, out(tmp_path, "warmed"), config, cache_dir=tmp_path / "c2", echo=None)
+    counts = warmed["embedding_counts"]
+    assert counts["encoded"] > 0 and counts["cached"] > 0, counts  # really a mix of both
+    assert digests(out(tmp_path, "warmed")) == digests(out(tmp_path, "cold"))
