@@ -21,6 +21,10 @@ Every source module defines:
     the staged rows when the dataset's spec says that gives the same rows
     (``row_local``, ``partition_key``). Cleaning, length filters, dedup and the
     held-out split happen after, in :mod:`pipeline.ingest`.
+``candidate_batches(dataset, staged_files, work_dir, options) -> Iterator[pl.DataFrame]``
+    (only for datasets whose spec says ``streamed``) the same rows as
+    ``build_candidates``, in batches with bounded memory: the source partitions the
+    staged files itself (Reddit's two-key parent lookup).
 """
 
 from __future__ import annotations
