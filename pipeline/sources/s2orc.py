@@ -23,11 +23,13 @@ two datasets.
 Only citations between papers of the input count, so the citation pairs grow with
 the share of the corpus given: a sample of a few papers gives almost none.
 The join is done by polars on the staged rows (explode + left join on the paper id),
-never in Python dictionaries, so it scales to the full corpus on disk.
+never in Python dictionaries, one hash partition of the ids at a time
+(:func:`candidate_batches`), so memory holds a partition, not the corpus.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -60,7 +62,7 @@ class Options:
 def dataset_specs(inputs: list[Path], options: Options) -> list[DatasetSpec]:
     return [
         DatasetSpec(TITLE_ABSTRACT, unit="line", partition_key="paper_id"),
-        DatasetSpec(CITATIONS, unit="citation edge", counts_unreadable=False),
+        DatasetSpec(CITATIONS, unit="citation edge", counts_unreadable=False, streamed=True),
     ]
 
 
@@ -127,27 +129,124 @@ def title_abstract_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
 def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
     """One row per citation edge: (citing abstract, cited abstract) or the reason it gives no pair.
 
-    The edges are exploded and joined carrying ids and flags only; the abstracts are
-    joined last, by their line, and only onto the kept edges (a null join key matches
-    nothing), so a paper's abstract is not copied onto each of its many citations.
-    The cited paper is looked up on the first line of its id, so a repeated paper line
-    cannot multiply edges.
+    Over all staged rows at once; :func:`candidate_batches` gives the same rows one
+    hash partition at a time, and is what ingest uses. The edges are exploded and
+    joined carrying ids and flags only; the abstracts are joined last, by their line,
+    and only onto the kept edges (a null join key matches nothing), so a paper's
+    abstract is not copied onto each of its many citations. The cited paper is looked
+    up on the first line of its id, so a repeated paper line cannot multiply edges.
     """
-    has_abstract = ~_is_blank("abstract")
-    cited = (
+    edges = _edges(staged).with_columns(pl.col("id").is_first_distinct().alias("_first"))
+    kept = pl.col("drop_reason").is_null()
+    edges = (
+        edges.join(_cited_table(staged), on="cited_id", how="left", maintain_order="left")
+        .with_columns(_citation_reason().alias("drop_reason"))
+        .with_columns(
+            pl.when(kept).then(pl.col("_line")).alias("_citing_key"),
+            pl.when(kept).then(pl.col("_cited_line")).alias("_cited_key"),
+        )
+    )
+    abstracts = staged.filter(~_is_blank("abstract")).select("_file_index", "_line", "abstract")
+    edges = edges.join(
+        abstracts.rename({"_line": "_citing_key", "abstract": "citing_abstract"}),
+        on=["_file_index", "_citing_key"],
+        how="left",
+        maintain_order="left",
+    ).join(
+        abstracts.rename({"_file_index": "_cited_file_index", "_line": "_cited_key", "abstract": "cited_abstract"}),
+        on=["_cited_file_index", "_cited_key"],
+        how="left",
+        maintain_order="left",
+    )
+    return _candidate_columns(edges, anchor="citing_abstract", positive="cited_abstract", id_="id")
+
+
+def candidate_batches(dataset: str, staged_files: list[Path], work_dir: Path, options: Options) -> Iterator[pl.DataFrame]:
+    """The rows of :func:`citation_pairs`, a hash partition at a time (bounded memory).
+
+    Two partitionings by the same hash (:mod:`pipeline.spill`), as Reddit's parent
+    lookup does: by ``paper_id``, where each paper's first line becomes the cited
+    table of that partition (with its abstract) and its edges are exploded, their
+    first copies found (every copy of an edge has the same citing paper) and written
+    out with the citing abstract; then the edges by cited id, each partition's edges
+    meeting the cited table of the same partition. With a single partition (a small
+    input) this is :func:`citation_pairs` itself; otherwise rows come partition after
+    partition.
+    """
+    from pipeline import spill
+
+    if dataset != CITATIONS:
+        raise ValueError(f"s2orc streams only {CITATIONS}, not {dataset!r}")
+    n_parts = spill.partition_count(staged_files)
+    if n_parts == 1:
+        batches = list(spill.read_batches(staged_files))
+        if batches:
+            yield citation_pairs(spill.concat(batches).lazy()).collect()
+        return
+    scratch = work_dir / ".s2orc-citations"
+    cited_tables = [spill.FrameFiles(scratch / "cited" / f"part-{index:05d}", fresh=True) for index in range(n_parts)]
+    edge_files = spill.FrameFiles(scratch / "edges", fresh=True)
+    try:
+        for index, papers in spill.key_partitions(staged_files, pl.col("paper_id"), n_parts, work_dir):
+            papers_lazy = papers.lazy()
+            cited = _cited_table(papers_lazy).join(
+                papers_lazy.select(
+                    pl.col("_file_index").alias("_cited_file_index"),
+                    pl.col("_line").alias("_cited_line"),
+                    pl.col("abstract").alias("cited_abstract"),
+                ),
+                on=["_cited_file_index", "_cited_line"],
+                how="left",
+                maintain_order="left",
+            )
+            cited_tables[index].write(cited.collect())
+            edges = _edges(papers_lazy, with_abstract=True).with_columns(pl.col("id").is_first_distinct().alias("_first"))
+            edge_files.write(edges.collect())
+        by_cited = pl.coalesce(pl.col("cited_id"), pl.col("citing_id"))
+        for index, edges in spill.key_partitions(edge_files.files(), by_cited, n_parts, work_dir):
+            cited = cited_tables[index].read()
+            if cited is None:  # no paper's id hashes here: every cited paper is missing
+                cited = pl.DataFrame(schema=_CITED_SCHEMA)
+            joined = (
+                edges.lazy()
+                .join(cited.lazy(), on="cited_id", how="left", maintain_order="left")
+                .with_columns(_citation_reason().alias("drop_reason"))
+            )
+            yield _candidate_columns(joined, anchor="citing_abstract", positive="cited_abstract", id_="id").collect()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+_CITED_SCHEMA = {
+    "cited_id": pl.String,
+    "_cited_has_abstract": pl.Boolean,
+    "_cited_file_index": pl.Int64,
+    "_cited_line": pl.Int64,
+    "cited_abstract": pl.String,
+}
+
+
+def _cited_table(staged: pl.LazyFrame) -> pl.LazyFrame:
+    """Each paper's first line, by id: what a citation of it is looked up in."""
+    return (
         _in_input_order(staged.select("paper_id", "abstract", "_file_index", "_line"))
         .unique(subset="paper_id", keep="first", maintain_order=True)
         .select(
             pl.col("paper_id").alias("cited_id"),
-            has_abstract.alias("_cited_has_abstract"),
+            (~_is_blank("abstract")).alias("_cited_has_abstract"),
             pl.col("_file_index").alias("_cited_file_index"),
             pl.col("_line").alias("_cited_line"),
         )
     )
+
+
+def _edges(staged: pl.LazyFrame, with_abstract: bool = False) -> pl.LazyFrame:
+    """One row per outbound citation, in input order, with its edge id."""
     edges = (
         staged.select(
             pl.col("paper_id").alias("citing_id"),
-            has_abstract.alias("_citing_has_abstract"),
+            (~_is_blank("abstract")).alias("_citing_has_abstract"),
+            *([pl.col("abstract").alias("citing_abstract")] if with_abstract else []),
             pl.col("outbound_citations").alias("cited_id"),
             pl.int_ranges(0, pl.col("outbound_citations").list.len()).alias("_position"),
             "source_file",
@@ -157,11 +256,14 @@ def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
         .filter(pl.col("cited_id").list.len() > 0)
         .explode(["cited_id", "_position"])
     )
-    edges = _in_input_order(edges, "_position").with_columns(
+    return _in_input_order(edges, "_position").with_columns(
         pl.format("{}->{}", pl.col("citing_id"), pl.coalesce(pl.col("cited_id"), pl.lit("null"))).alias("id")
     )
-    edges = edges.with_columns(pl.col("id").is_first_distinct().alias("_first"))
-    reason = (
+
+
+def _citation_reason() -> pl.Expr:
+    """Why an edge (joined to its cited paper, with ``_first``) gives no pair, in rule order."""
+    return (
         pl.when(pl.col("cited_id").is_null())
         .then(pl.lit("cited_id_missing"))
         .when(~pl.col("_first"))
@@ -176,28 +278,6 @@ def citation_pairs(staged: pl.LazyFrame) -> pl.LazyFrame:
         .then(pl.lit("cited_abstract_missing"))
         .otherwise(_NULL_REASON)
     )
-    kept = pl.col("drop_reason").is_null()
-    edges = (
-        edges.join(cited, on="cited_id", how="left", maintain_order="left")
-        .with_columns(reason.alias("drop_reason"))
-        .with_columns(
-            pl.when(kept).then(pl.col("_line")).alias("_citing_key"),
-            pl.when(kept).then(pl.col("_cited_line")).alias("_cited_key"),
-        )
-    )
-    abstracts = staged.filter(has_abstract).select("_file_index", "_line", "abstract")
-    edges = edges.join(
-        abstracts.rename({"_line": "_citing_key", "abstract": "citing_abstract"}),
-        on=["_file_index", "_citing_key"],
-        how="left",
-        maintain_order="left",
-    ).join(
-        abstracts.rename({"_file_index": "_cited_file_index", "_line": "_cited_key", "abstract": "cited_abstract"}),
-        on=["_cited_file_index", "_cited_key"],
-        how="left",
-        maintain_order="left",
-    )
-    return _candidate_columns(edges, anchor="citing_abstract", positive="cited_abstract", id_="id")
 
 
 def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.LazyFrame]:
