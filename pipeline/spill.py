@@ -50,8 +50,7 @@ class FrameFiles:
 
     def read(self) -> pl.DataFrame | None:
         """All rows written, as one DataFrame (None when nothing was written)."""
-        batches = list(read_batches(self.files(), batch_rows=1 << 62))
-        return batches[0] if batches else None
+        return read_all(self.files())
 
 
 def read_batches(paths: Sequence[Path], batch_rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
@@ -71,6 +70,13 @@ def read_batches(paths: Sequence[Path], batch_rows: int = BATCH_ROWS) -> Iterato
             pending, pending_rows = [], 0
     if pending:
         yield concat(pending)
+
+
+def read_all(paths: Sequence[Path]) -> pl.DataFrame | None:
+    """Every row of Arrow IPC files, as one DataFrame (None for no files): for what
+    is meant to fit in memory, a partition or a small input."""
+    frames = [pl.read_ipc(path) for path in paths]
+    return concat(frames) if frames else None
 
 
 def concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -113,9 +119,9 @@ def key_partitions(
     import pyarrow as pa
 
     if n_parts == 1:
-        batches = list(read_batches(paths))
-        if batches:
-            yield 0, concat(batches)
+        rows = read_all(paths)
+        if rows is not None:
+            yield 0, rows
         return
     work_dir.mkdir(parents=True, exist_ok=True)
     part_dir = Path(tempfile.mkdtemp(prefix=".partitions-", dir=work_dir))

@@ -208,9 +208,9 @@ def candidate_batches(dataset: str, staged_files: list[Path], work_dir: Path, op
 
     n_parts = spill.partition_count(staged_files)
     if n_parts == 1:
-        batches = list(spill.read_batches(staged_files))
-        if batches:
-            yield build_candidates(spill.concat(batches).lazy(), options)[DATASET].collect()
+        staged = spill.read_all(staged_files)
+        if staged is not None:
+            yield build_candidates(staged.lazy(), options)[DATASET].collect()
         return
     scratch = work_dir / ".reddit-parents"
     parent_tables = [spill.FrameFiles(scratch / f"part-{index:05d}", fresh=True) for index in range(n_parts)]

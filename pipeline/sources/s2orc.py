@@ -179,9 +179,9 @@ def candidate_batches(dataset: str, staged_files: list[Path], work_dir: Path, op
         raise ValueError(f"s2orc streams only {CITATIONS}, not {dataset!r}")
     n_parts = spill.partition_count(staged_files)
     if n_parts == 1:
-        batches = list(spill.read_batches(staged_files))
-        if batches:
-            yield citation_pairs(spill.concat(batches).lazy()).collect()
+        staged = spill.read_all(staged_files)
+        if staged is not None:
+            yield citation_pairs(staged.lazy()).collect()
         return
     scratch = work_dir / ".s2orc-citations"
     cited_tables = [spill.FrameFiles(scratch / "cited" / f"part-{index:05d}", fresh=True) for index in range(n_parts)]
