@@ -274,6 +274,12 @@ def planned_datasets(source: str, inputs: Sequence[Path], config: IngestConfig) 
     return module.dataset_specs([Path(p) for p in inputs], source_options(source, config.source_options))
 
 
+def every_manifest_exists(source: str, inputs: Sequence[Path], out_dir: Path, config: IngestConfig) -> bool:
+    """Whether every dataset these inputs make has a manifest (so hashing them can pay)."""
+    specs = planned_datasets(source, inputs, config)
+    return all((Path(out_dir) / spec.name / shard_io.MANIFEST_NAME).exists() for spec in specs)
+
+
 def up_to_date(
     source: str,
     inputs: Sequence[Path],
@@ -283,11 +289,12 @@ def up_to_date(
 ) -> list[dict[str, Any]] | None:
     """The manifests of every dataset if all already match inputs and config, else None.
 
-    Inputs are hashed only when every dataset has a manifest to compare them with.
+    Inputs are hashed (unless ``entries`` are given) only when every dataset has a
+    manifest to compare them with.
     """
-    specs = planned_datasets(source, inputs, config)
-    if not all((Path(out_dir) / spec.name / shard_io.MANIFEST_NAME).exists() for spec in specs):
+    if not every_manifest_exists(source, inputs, out_dir, config):
         return None
+    specs = planned_datasets(source, inputs, config)
     entries = entries or [input_entry(source, Path(p)) for p in inputs]
     hash_ = shard_io.config_hash(config.resolved(source))
     manifests = []
@@ -633,13 +640,17 @@ def ingest(
     if missing:
         raise FileNotFoundError(f"input not found: {', '.join(missing)}")
     out = Path(out_dir)
-    done = up_to_date(source, paths, out, config)
+    # Hashed here only to compare with existing manifests; then handed to staging, so
+    # a rebuild (say, after a config change) does not hash every input twice.
+    # Otherwise each file is hashed while it is staged.
+    entries = [input_entry(source, p) for p in paths] if every_manifest_exists(source, paths, out, config) else None
+    done = up_to_date(source, paths, out, config, entries)
     if done is not None:
         return IngestResult(done, _all_failures(done), skipped=True)
     work_dir = out / STAGING_DIR / source
     staged = []
     for index, path in enumerate(tqdm(paths, desc=f"{source}: read", unit="file", disable=not progress)):
-        staged.append(stage_file(source, path, work_dir, config, index))
+        staged.append(stage_file(source, path, work_dir, config, index, entries[index] if entries else None))
     manifests = finalize_source(source, staged, paths, out, config, progress=progress)
     shutil.rmtree(work_dir, ignore_errors=True)
     if work_dir.parent.exists() and not any(work_dir.parent.iterdir()):
