@@ -386,12 +386,17 @@ def resolve_encoder(model_path: Path, device: str | None = None, backend: str = 
 def embedding_cache_key(fingerprint: str, backend: str, device: str) -> str:
     """The embedding cache's key: the model fingerprint, the backend and the device kind.
 
-    Backends (and CPU against GPU) agree to about 1e-7, not bit for bit; keeping their
-    vectors apart keeps a run's output a function of its inputs, model, config and
-    machine, never of which backend happened to fill the cache first.
+    Backends (and CPU against GPU, and the numpy encoder's MKL and OpenBLAS products)
+    agree to about 1e-7, not bit for bit; keeping their vectors apart keeps a run's
+    output a function of its inputs, model, config and machine, never of which backend
+    happened to fill the cache first.
     """
     import hashlib
 
+    if backend == "numpy":
+        from pipeline.encoder_numpy import gemm_kind
+
+        backend = f"numpy-{gemm_kind()}"
     return hashlib.sha256(f"{fingerprint}|{backend}|{device.split(':', 1)[0]}".encode()).hexdigest()
 
 

@@ -17,11 +17,15 @@ import numpy as np
 import pytest
 
 from pipeline.encoder_numpy import (
+    MklGemm,
     NumpyBertEncoder,
     encode_batches,
     erf32,
+    gemm_kind,
     gpu_visible,
+    mkl_library,
     numpy_encoder_spec,
+    rows_are_position_invariant,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +45,15 @@ def test_erf32_matches_math_erf():
     assert np.abs(erf32(grid) - expected).max() < 1e-6
 
 
+GEMM_KINDS = ["mkl", "openblas"] if mkl_library() is not None else ["openblas"]
+
+
+@pytest.mark.parametrize("gemm", GEMM_KINDS)
 @pytest.mark.parametrize("model", ["tiny", "real"])
-def test_numpy_encoder_matches_sentence_transformers(model, tiny_model_dir, base_model_dir, base_model):
+def test_numpy_encoder_matches_sentence_transformers(model, gemm, tiny_model_dir, base_model_dir, base_model, monkeypatch):
     from pipeline.models import load_encoder
 
+    monkeypatch.setenv("PAIRFORGE_NUMPY_GEMM", gemm)
     folder = tiny_model_dir if model == "tiny" else base_model_dir
     reference = base_model if model == "real" else load_encoder(tiny_model_dir, device="cpu")
     spec = numpy_encoder_spec(folder)
@@ -55,6 +64,57 @@ def test_numpy_encoder_matches_sentence_transformers(model, tiny_model_dir, base
     cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cosine.min() > 0.9999, cosine
     assert np.abs(ours - theirs).max() < 1e-5
+    assert encoder.gemm.startswith(gemm)
+
+
+@pytest.mark.parametrize("gemm", GEMM_KINDS)
+def test_a_texts_embedding_is_the_same_bytes_in_any_batch(gemm, tiny_model_dir, monkeypatch):
+    """Texts of one token length (as mining batches them) encoded alone, and at
+    different positions of batches of different sizes: the same bytes each time."""
+    monkeypatch.setenv("PAIRFORGE_NUMPY_GEMM", gemm)
+    encoder = NumpyBertEncoder(numpy_encoder_spec(tiny_model_dir))
+    rng = np.random.default_rng(7)
+    words = ["red", "blue", "dog", "cat", "runs", "sits", "big", "small", "the", "a", "on", "under"]
+    texts = sorted({" ".join(rng.choice(words, size=5)) for _ in range(400)})
+    lengths = [len(e.ids) for e in encoder.tokenizer.encode_batch(texts)]
+    texts = [t for t, n in zip(texts, lengths) if n == lengths[0]][:70]
+    assert len(texts) >= 40
+    alone = np.concatenate([encoder.encode([t]) for t in texts])
+    for size in (2, 5, 17, len(texts)):
+        order = rng.permutation(len(texts))
+        batched = np.concatenate([encoder.encode([texts[i] for i in order[s : s + size]]) for s in range(0, len(texts), size)])
+        assert batched.tobytes() == alone[order].tobytes(), f"batches of {size} ({encoder.gemm})"
+
+
+@pytest.mark.skipif(mkl_library() is None, reason="no MKL in this torch build")
+def test_mkl_products_and_the_position_check():
+    gemm = MklGemm(mkl_library())
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 96)).astype(np.float32)
+    for rows in (1, 3, 16, 250):
+        x = rng.standard_normal((rows, 64)).astype(np.float32)
+        assert np.allclose(gemm(x, w), x.astype(np.float64) @ w.astype(np.float64), atol=1e-4)
+    assert rows_are_position_invariant(gemm, [w])
+
+    def drifting(x, w):  # a product whose rows' last bits follow their position
+        out = x @ w
+        return out + np.arange(len(out), dtype=np.float32)[:, None] * np.float32(1e-7)
+
+    assert not rows_are_position_invariant(drifting, [w])
+
+
+def test_gemm_kind_and_cache_keys(monkeypatch):
+    from pipeline.mining import embedding_cache_key
+
+    monkeypatch.setenv("PAIRFORGE_NUMPY_GEMM", "openblas")
+    assert gemm_kind() == "openblas"
+    openblas_key = embedding_cache_key("f" * 64, "numpy", "cpu")
+    monkeypatch.setenv("PAIRFORGE_NUMPY_GEMM", "mkl")
+    assert gemm_kind() == "mkl"
+    assert embedding_cache_key("f" * 64, "numpy", "cpu") != openblas_key  # different last bits, kept apart
+    monkeypatch.setenv("PAIRFORGE_NUMPY_GEMM", "cublas")
+    with pytest.raises(ValueError, match="PAIRFORGE_NUMPY_GEMM"):
+        gemm_kind()
 
 
 def test_batches_are_the_same_bytes_on_any_number_of_threads(tiny_model_dir):
