@@ -69,12 +69,15 @@ def source_up_to_date(source: str, inputs: list[str], corpus_dir: str, options: 
     task_run_name="stage-{source}-{file_index}",
     cache_policy=NO_CACHE,
 )
-def stage_input_file(source: str, path: str, corpus_dir: str, options: dict[str, Any] | None, file_index: int) -> str:
+def stage_input_file(
+    source: str, path: str, corpus_dir: str, options: dict[str, Any] | None, file_index: int, inputs: list[str]
+) -> str:
     """Read, clean and stage one input file of ``source`` (:func:`pipeline.ingest.stage_file`)."""
     from pipeline.ingest import STAGING_DIR, IngestConfig, stage_file
 
     work_dir = Path(corpus_dir) / STAGING_DIR / source
-    staged = stage_file(source, Path(path), work_dir, build_config(IngestConfig, options), file_index)
+    config = build_config(IngestConfig, options)
+    staged = stage_file(source, Path(path), work_dir, config, file_index, inputs=[Path(p) for p in inputs])
     get_run_logger().info("staged %s file %d (%s) in %s", source, file_index, path, staged)
     return str(staged)
 
@@ -175,7 +178,7 @@ def build_corpus(sources: list[dict[str, Any]], out_dir: str, ingest: dict[str, 
             logger.info("%s: %d datasets up to date, skipped", source, len(done))
             finished[source] = done
         else:
-            futures = [stage_input_file.submit(source, path, corpus, ingest, index) for index, path in enumerate(inputs)]
+            futures = [stage_input_file.submit(source, path, corpus, ingest, index, inputs) for index, path in enumerate(inputs)]
             staging.append((source, inputs, futures))
     finalizing = {
         source: finalize_input_source.submit(source, [f.result() for f in futures], inputs, corpus, ingest)

@@ -46,6 +46,10 @@ from pipeline.sources import DatasetSpec, get_source
 
 STAGING_DIR = ".staging"
 STAGED_ROWS = "rows"
+STAGED_PARTS = "parts"
+_PART_KEPT = "kept"
+_PART_HASHES = "hashes.npy"
+_PART_TALLY = "part.json"
 _HASH_SEEDS = (0x5EED_0001, 0x5EED_0002)
 
 
@@ -63,6 +67,9 @@ class IngestConfig:
         max_line_bytes: longer input lines are dropped as ``line_too_long``.
         dedup_buckets: hash partitions for exact dedup (bounds its memory).
         source_options: the source's own options, by name.
+        datasets: build only these of the source's datasets (None: all). A selection,
+            not a transformation: it is not part of the manifests' config, so a
+            dataset's files are the same bytes whichever others are built beside it.
     """
 
     filters: TextFilters = field(default_factory=TextFilters)
@@ -74,8 +81,14 @@ class IngestConfig:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     dedup_buckets: int = 64
     source_options: Mapping[str, Any] = field(default_factory=dict)
+    datasets: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.datasets is not None:
+            names = (self.datasets,) if isinstance(self.datasets, str) else tuple(self.datasets)
+            if not names:
+                raise ValueError("datasets: name at least one dataset, or leave it unset for all")
+            object.__setattr__(self, "datasets", names)
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         if not 0.0 < self.near_dedup_threshold <= 1.0:
@@ -84,6 +97,7 @@ class IngestConfig:
     def resolved(self, source: str) -> dict[str, Any]:
         """The config as plain JSON data, with the source's options filled with defaults."""
         data = dataclasses.asdict(self)
+        del data["datasets"]
         data["source"] = source
         data["source_options"] = dataclasses.asdict(source_options(source, self.source_options))
         return data
@@ -137,10 +151,22 @@ class StagedFile:
     rows: int
     bad_rows: dict[str, int]
     failure: str | None
+    parts: tuple[str, ...] = ()
+    rows_written: bool = True
+
+    def part(self, dataset: str) -> Path:
+        """The folder of the part of ``dataset`` built while this file was staged."""
+        return self.folder / STAGED_PARTS / dataset
 
 
 def stage_file(
-    source: str, path: Path, work_dir: Path, config: IngestConfig, file_index: int, entry: dict[str, Any] | None = None
+    source: str,
+    path: Path,
+    work_dir: Path,
+    config: IngestConfig,
+    file_index: int,
+    entry: dict[str, Any] | None = None,
+    inputs: Sequence[Path] | None = None,
 ) -> Path:
     """Read one input file with its source and spill its rows to ``work_dir``.
 
@@ -148,13 +174,27 @@ def stage_file(
     match. A truncated or corrupt archive does not raise: the rows read before the
     break are kept and ``stage.json`` records the failure.
 
+    With ``inputs`` (the source's whole input list), the row-local datasets (see
+    :class:`pipeline.sources.DatasetSpec`) are cleaned, filtered and hashed for dedup
+    here, as the rows are read: this file's part of each is written under
+    ``parts/<dataset>/`` and :func:`finalize_source` only merges the parts. The rows
+    themselves are spilled only when a dataset still needs them (a join).
+
     ``entry`` is the input's ``{path, bytes, sha256}`` when the caller has it already;
     otherwise the file is hashed in a background thread while it is read (hashlib
     releases the GIL, so the hash costs almost no wall time on a second core).
     """
     module = get_source(source)
     options = source_options(source, config.source_options)
+    specs = planned_datasets(source, inputs, config) if inputs is not None else None
+    in_stage = [spec for spec in specs if spec.row_local] if specs is not None else []
+    write_rows = specs is None or any(not spec.row_local for spec in specs)
     stage_config = {"source": source, "options": dataclasses.asdict(options), "max_line_bytes": config.max_line_bytes}
+    if in_stage:
+        stage_config.update(
+            parts=[spec.name for spec in in_stage], rows=write_rows, filters=dataclasses.asdict(config.filters),
+            dedup=config.dedup,
+        )
     folder = Path(work_dir) / f"{file_index:05d}"
     marker = folder / "stage.json"
     if marker.exists():
@@ -175,7 +215,9 @@ def stage_file(
     rows = 0
     failure = None
     tmp_rows = folder / ".rows.tmp"
+    tmp_parts = folder / ".parts.tmp"
     writer = spill.FrameFiles(tmp_rows)
+    parts = [_KeptRows(spec, config, tmp_parts / spec.name / _PART_KEPT, tmp_parts / spec.name) for spec in in_stage]
     pending: list[pl.DataFrame] = []
     pending_rows = 0
 
@@ -185,13 +227,18 @@ def stage_file(
         nonlocal pending, pending_rows
         if not pending:
             return
-        frame = spill.concat(pending)
-        pending, pending_rows = [], 0
-        writer.write(
-            frame.with_columns(
-                pl.lit(file_index, dtype=pl.Int64).alias("_file_index"), pl.lit(str(path)).alias("source_file")
-            )
+        frame = spill.concat(pending).with_columns(
+            pl.lit(file_index, dtype=pl.Int64).alias("_file_index"), pl.lit(str(path)).alias("source_file")
         )
+        pending, pending_rows = [], 0
+        if write_rows:
+            writer.write(frame)
+        if parts:
+            candidates = module.build_candidates(frame.lazy(), options)
+            for part in parts:
+                lazy = candidates.get(part.spec.name)
+                if lazy is not None:
+                    part.add_and_keep_hashes(lazy.collect())
         release_free_memory()
 
     try:
@@ -213,6 +260,10 @@ def stage_file(
         os.replace(tmp_rows, folder / STAGED_ROWS)
     else:
         shutil.rmtree(tmp_rows)
+    for part in parts:
+        part.close()
+    if parts:
+        os.replace(tmp_parts, folder / STAGED_PARTS)
     with open(folder / "quarantine.jsonl", "wb") as handle:
         # In line order: readers may find bad rows out of order (chunks are parsed
         # in parallel), and the file must not depend on how many threads did it.
@@ -227,6 +278,8 @@ def stage_file(
             "rows": rows,
             "bad_rows": ctx.bad_rows.as_dict(),
             "failure": failure,
+            "parts": [part.spec.name for part in parts],
+            "rows_written": write_rows,
         },
     )
     return folder
@@ -257,7 +310,10 @@ def input_entry(source: str, path: Path) -> dict[str, Any]:
 def read_stage(folder: Path) -> StagedFile:
     """What a staged folder holds (its ``stage.json``)."""
     data = json.loads((folder / "stage.json").read_text())
-    return StagedFile(folder, data["input"], data["lines"], data["rows"], data["bad_rows"], data["failure"])
+    return StagedFile(
+        folder, data["input"], data["lines"], data["rows"], data["bad_rows"], data["failure"],
+        tuple(data.get("parts", ())), bool(data.get("rows_written", True)),
+    )
 
 
 def _dataset_manifest_matches(folder: Path, inputs: list[dict[str, Any]], hash_: str) -> dict[str, Any] | None:
@@ -269,9 +325,20 @@ def _dataset_manifest_matches(folder: Path, inputs: list[dict[str, Any]], hash_:
 
 
 def planned_datasets(source: str, inputs: Sequence[Path], config: IngestConfig) -> list[DatasetSpec]:
-    """The datasets ``ingest`` would write for these inputs."""
+    """The datasets ``ingest`` would write for these inputs (those of ``config.datasets``).
+
+    Raises:
+        ValueError: ``config.datasets`` names a dataset these inputs do not make.
+    """
     module = get_source(source)
-    return module.dataset_specs([Path(p) for p in inputs], source_options(source, config.source_options))
+    specs = module.dataset_specs([Path(p) for p in inputs], source_options(source, config.source_options))
+    if config.datasets is None:
+        return specs
+    unknown = sorted(set(config.datasets) - {spec.name for spec in specs})
+    if unknown:
+        known = ", ".join(spec.name for spec in specs)
+        raise ValueError(f"source {source!r} makes no dataset {', '.join(unknown)} from these inputs (it makes: {known})")
+    return [spec for spec in specs if spec.name in config.datasets]
 
 
 def every_manifest_exists(source: str, inputs: Sequence[Path], out_dir: Path, config: IngestConfig) -> bool:
@@ -342,7 +409,7 @@ def finalize_source(
     hash_ = shard_io.config_hash(resolved)
     staged_files = [file for s in stages for file in spill.FrameFiles(s.folder / STAGED_ROWS, create=False).files()]
     failures = [{"path": s.input["path"], "error": s.failure} for s in stages if s.failure]
-    specs = module.dataset_specs([Path(p) for p in inputs], options)
+    specs = planned_datasets(source, inputs, config)
     manifests: dict[str, dict[str, Any]] = {}
     builders: dict[str, _DatasetBuilder] = {}
     for spec in specs:
@@ -353,10 +420,22 @@ def finalize_source(
         else:
             builders[spec.name] = _DatasetBuilder(spec, stages, folder, config)
     total_rows = sum(s.rows for s in stages)
-    row_local = [b for b in builders.values() if b.spec.row_local]
+    for builder in builders.values():
+        if builder.spec.row_local and all(builder.spec.name in s.parts for s in stages):
+            for stage in stages:  # cleaned while staged: merge the parts, in input order
+                builder.absorb(stage.part(builder.spec.name))
+            builder.absorbed = True
+    row_local = [b for b in builders.values() if b.spec.row_local and not b.absorbed]
     streamed = [b for b in builders.values() if b.spec.streamed]
     partitioned = [b for b in builders.values() if b.spec.partition_key and not b.spec.streamed]
     whole = [b for b in builders.values() if not (b.spec.row_local or b.spec.partition_key or b.spec.streamed)]
+    if (row_local or streamed or partitioned or whole) and not all(s.rows_written for s in stages):
+        unstaged = ", ".join(str(s.folder) for s in stages if not s.rows_written)
+        raise RuntimeError(
+            f"{source}: {unstaged} staged no rows (only the parts of row-local datasets), but"
+            f" {', '.join(b.spec.name for b in row_local + streamed + partitioned + whole)} need them:"
+            " stage with the same datasets that finalize builds"
+        )
 
     def build_row_local() -> None:
         bar = tqdm(total=total_rows, desc=f"{source}: clean", unit="row", disable=not progress, leave=False)
@@ -453,6 +532,66 @@ def _row_hashes(frame: pl.DataFrame, texts: list[str]) -> tuple[np.ndarray, np.n
     return hashed.get_column("h1").to_numpy(), hashed.get_column("h2").to_numpy()
 
 
+class _KeptRows:
+    """The cleaning half of building a dataset: candidate rows in, kept rows out.
+
+    ``add`` counts the candidates a source already rejected, cleans and filters the
+    rest (counting each drop by reason), appends the kept rows to Arrow files and
+    returns their dedup hashes. Used by :class:`_DatasetBuilder`, and by
+    :func:`stage_file` for a row-local dataset's part of one file (``close`` then saves
+    the hashes and the tally beside the rows).
+    """
+
+    def __init__(self, spec: DatasetSpec, config: IngestConfig, kept_dir: Path, part_dir: Path | None = None) -> None:
+        self.spec = spec
+        self.config = config
+        self.texts = ["anchor", "positive"] + (["negative"] if spec.with_negative else [])
+        self.kept_columns = self.texts + ["id", "source_file", "source_line"]
+        self.part_dir = part_dir
+        self.kept = spill.FrameFiles(kept_dir, fresh=True)
+        self.dropped = shard_io.DropTally()
+        self.rows_read = 0
+        self.kept_rows = 0
+        self._hashes: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+        """Take the next candidate rows (one per unit of input); the kept rows' hashes."""
+        if not frame.height:
+            return None
+        self.rows_read += frame.height
+        reasons = frame.get_column("drop_reason")
+        rejected = reasons.drop_nulls()
+        if rejected.len():
+            counts = rejected.value_counts()
+            self.dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
+            frame = frame.filter(reasons.is_null())
+        if self.spec.with_negative:
+            frame = set_reason(frame, pl.col("negative").is_null(), "missing_negative")
+        frame = clean_and_filter(frame, self.config.filters)
+        counts = frame.get_column("drop_reason").drop_nulls().value_counts()
+        self.dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
+        kept = frame.filter(pl.col("drop_reason").is_null()).select(self.kept_columns)
+        if not kept.height:
+            return None
+        self.kept.write(kept)
+        self.kept_rows += kept.height
+        return _row_hashes(kept, self.texts) if self.config.dedup else None
+
+    def add_and_keep_hashes(self, frame: pl.DataFrame) -> None:
+        hashes = self.add(frame)
+        if hashes is not None:
+            self._hashes.append(hashes)
+
+    def close(self) -> None:
+        """Save the hashes and the tally of a staged part (``hashes.npy``, ``part.json``)."""
+        assert self.part_dir is not None, "only a staged part is closed"
+        if self._hashes:
+            stacked = np.stack([np.concatenate([h[0] for h in self._hashes]), np.concatenate([h[1] for h in self._hashes])])
+            np.save(self.part_dir / _PART_HASHES, stacked.astype(np.uint64), allow_pickle=False)
+        tally = {"rows_read": self.rows_read, "rows_kept": self.kept_rows, "dropped": self.dropped.as_dict()}
+        shard_io.atomic_write_json(self.part_dir / _PART_TALLY, tally)
+
+
 class _DatasetBuilder:
     """One dataset in the making: fed candidate batches, then :meth:`finish` writes it.
 
@@ -472,41 +611,41 @@ class _DatasetBuilder:
         self.config = config
         shard_io.remove_stale_shards(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.dropped = shard_io.DropTally()
-        self.rows_read = 0
+        self.cleaned = _KeptRows(spec, config, folder / ".kept")
+        self.dropped = self.cleaned.dropped
         if spec.counts_unreadable:
             for stage in stages:
                 self.dropped.update(stage.bad_rows)
-                self.rows_read += sum(stage.bad_rows.values())
-        self.texts = ["anchor", "positive"] + (["negative"] if spec.with_negative else [])
-        self.kept_columns = self.texts + ["id", "source_file", "source_line"]
-        self.kept = spill.FrameFiles(folder / ".kept", fresh=True)
-        self.kept_rows = 0
+                self.cleaned.rows_read += sum(stage.bad_rows.values())
+        self.absorbed = False
+        self.absorbed_files: list[Path] = []
+        self.absorbed_rows = 0
         self.deduplicator = ExactDeduplicator(n_buckets=config.dedup_buckets, work_dir=folder) if config.dedup else None
+
+    @property
+    def rows_read(self) -> int:
+        return self.cleaned.rows_read
+
+    @property
+    def kept_rows(self) -> int:
+        return self.absorbed_rows + self.cleaned.kept_rows
 
     def add(self, frame: pl.DataFrame) -> None:
         """Take the next candidate rows (one per unit of input)."""
-        if not frame.height:
-            return
-        self.rows_read += frame.height
-        reasons = frame.get_column("drop_reason")
-        rejected = reasons.drop_nulls()
-        if rejected.len():
-            counts = rejected.value_counts()
-            self.dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
-            frame = frame.filter(reasons.is_null())
-        if self.spec.with_negative:
-            frame = set_reason(frame, pl.col("negative").is_null(), "missing_negative")
-        frame = clean_and_filter(frame, self.config.filters)
-        counts = frame.get_column("drop_reason").drop_nulls().value_counts()
-        self.dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
-        kept = frame.filter(pl.col("drop_reason").is_null()).select(self.kept_columns)
-        if not kept.height:
-            return
-        if self.deduplicator is not None:
-            self.deduplicator.add(*_row_hashes(kept, self.texts))
-        self.kept.write(kept)
-        self.kept_rows += kept.height
+        hashes = self.cleaned.add(frame)
+        if hashes is not None and self.deduplicator is not None:
+            self.deduplicator.add(*hashes)
+
+    def absorb(self, part: Path) -> None:
+        """Take a part cleaned while a file was staged (see :class:`_KeptRows`)."""
+        tally = json.loads((part / _PART_TALLY).read_text())
+        self.cleaned.rows_read += tally["rows_read"]
+        self.dropped.update(tally["dropped"])
+        self.absorbed_files += spill.FrameFiles(part / _PART_KEPT, create=False).files()
+        self.absorbed_rows += tally["rows_kept"]
+        if self.deduplicator is not None and tally["rows_kept"]:
+            hashes = np.load(part / _PART_HASHES, allow_pickle=False)
+            self.deduplicator.add(hashes[0], hashes[1])
 
     def finish(
         self,
@@ -532,7 +671,7 @@ class _DatasetBuilder:
         heldout = shard_io.ShardWriter(folder, schema, config.rows_per_shard, prefix="heldout")
         near_filter = NearDuplicateFilter(config.near_dedup_threshold) if config.near_dedup else None
         offset = 0
-        for frame in spill.read_batches(self.kept.files(), batch_rows=1):
+        for frame in spill.read_batches(self.absorbed_files + self.cleaned.kept.files(), batch_rows=1):
             rows = frame.height
             frame = frame.filter(pl.Series(keep[offset : offset + rows]))
             offset += rows
@@ -545,7 +684,7 @@ class _DatasetBuilder:
             heldout.write(frame.filter(is_heldout).to_arrow())
             release_free_memory()
         train_shards, heldout_shards = train.close(), heldout.close()
-        shutil.rmtree(self.kept.folder, ignore_errors=True)
+        shutil.rmtree(self.cleaned.kept.folder, ignore_errors=True)
         quarantine_rows = (
             _merge_quarantine(self.stages, folder / shard_io.QUARANTINE_NAME) if spec.counts_unreadable else 0
         )
@@ -650,7 +789,7 @@ def ingest(
     work_dir = out / STAGING_DIR / source
     staged = []
     for index, path in enumerate(tqdm(paths, desc=f"{source}: read", unit="file", disable=not progress)):
-        staged.append(stage_file(source, path, work_dir, config, index, entries[index] if entries else None))
+        staged.append(stage_file(source, path, work_dir, config, index, entries[index] if entries else None, paths))
     manifests = finalize_source(source, staged, paths, out, config, progress=progress)
     shutil.rmtree(work_dir, ignore_errors=True)
     if work_dir.parent.exists() and not any(work_dir.parent.iterdir()):
@@ -703,6 +842,12 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="a source option, e.g. -o min_score=2"
     )
+    parser.add_argument(
+        "--datasets",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="build only these of the source's datasets (default: all), e.g. --datasets nli-pairs",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -723,6 +868,7 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
         rows_per_shard=args.rows_per_shard,
         max_line_bytes=args.max_line_bytes,
         source_options=options,
+        datasets=tuple(n.strip() for n in args.datasets.split(",") if n.strip()) if args.datasets else None,
     )
     source_options(args.source, options)
     return config

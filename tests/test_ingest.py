@@ -247,3 +247,47 @@ def test_key_partitions_give_the_same_rows_as_one_pass(
     in_order = pl.read_parquet(tmp_path / "whole" / dataset / "part-00000.parquet")["source_line"]
     partitioned = pl.read_parquet(tmp_path / "parts" / dataset / "part-00000.parquet")["source_line"]
     assert in_order.is_sorted() and not partitioned.is_sorted(), "the partitioned build must really partition"
+
+
+def test_row_local_datasets_cleaned_while_staging_match_a_pass_over_staged_rows(tmp_path: Path, shared_data: Path) -> None:
+    """nli-pairs is cleaned, filtered and hashed as each file is read (its parts merged
+    at the end); staging the rows and building it afterwards gives the same bytes."""
+    from pipeline.ingest import finalize_source, read_stage, stage_file
+
+    inputs = [shared_data / "snli/jsonl/snli_1.0_dev.jsonl", shared_data / "snli/senteval"]
+    config = IngestConfig(heldout_fraction=0.1, rows_per_shard=300)
+    built = {}
+    for mode in ("parts", "rows"):
+        out = tmp_path / mode
+        staged = [
+            stage_file("nli", path, out / ".staging", config, index, inputs=inputs if mode == "parts" else None)
+            for index, path in enumerate(inputs)
+        ]
+        stages = [read_stage(folder) for folder in staged]
+        if mode == "parts":
+            assert all(s.parts == ("nli-pairs",) and s.rows_written for s in stages)  # triplets still join rows
+        else:
+            assert all(s.parts == () for s in stages)
+        built[mode] = {m["dataset"]: m for m in finalize_source("nli", staged, inputs, out, config, progress=False)}
+    assert built["parts"]["nli-pairs"]["rows_read"] == 1289 + 9842  # the SNLI dev subset, the SentEval dev split
+    assert built["parts"]["nli-pairs"]["dropped"]["duplicate"] > 0  # pairs in both files
+    for dataset in ("nli-pairs", "nli-triplets"):
+        assert tree_hashes(tmp_path / "parts" / dataset) == tree_hashes(tmp_path / "rows" / dataset), dataset
+
+
+def test_datasets_option_builds_only_the_named_ones(tmp_path: Path, shared_data: Path, capsys) -> None:
+    from pipeline.ingest import read_stage, stage_file
+
+    path = shared_data / "snli/jsonl/snli_1.0_dev.jsonl"
+    ingest("nli", [path], tmp_path / "all", progress=False)
+    assert cli_main(["ingest", "nli", str(path), "--out", str(tmp_path / "one"), "--quiet", "--datasets", "nli-pairs"]) == 0
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["nli-pairs"]
+    # A selection, not a transformation: the dataset is the same bytes either way.
+    assert tree_hashes(tmp_path / "one" / "nli-pairs") == tree_hashes(tmp_path / "all" / "nli-pairs")
+    # Only row-local datasets asked for: the rows themselves are never spilled.
+    config = IngestConfig(datasets=("nli-pairs",))
+    stage = read_stage(stage_file("nli", path, tmp_path / "staging", config, 0, inputs=[path]))
+    assert stage.parts == ("nli-pairs",) and not stage.rows_written
+    assert not (stage.folder / "rows").exists()
+    with pytest.raises(ValueError, match=r"no dataset nli-pair .*nli-pairs, nli-triplets"):
+        ingest("nli", [path], tmp_path / "bad", IngestConfig(datasets=("nli-pair",)), progress=False)
