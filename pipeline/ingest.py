@@ -38,7 +38,7 @@ import polars as pl
 from pipeline import shards as shard_io
 from pipeline import spill
 from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
-from pipeline.formats import DEFAULT_MAX_LINE_BYTES, InputFileError, ReadContext
+from pipeline.formats import DEFAULT_MAX_LINE_BYTES, InputFileError, ReadContext, ordered_map
 from pipeline.memory import release_free_memory
 from pipeline.normalize import TextFilters, clean_and_filter, set_reason
 from pipeline.records import arrow_schema, shard_columns
@@ -51,6 +51,9 @@ _PART_KEPT = "kept"
 _PART_HASHES = "hashes.npy"
 _PART_TALLY = "part.json"
 _HASH_SEEDS = (0x5EED_0001, 0x5EED_0002)
+# At most this many partitions (or streamed batches) are joined and cleaned at once
+# (fewer when polars has fewer threads); ordered_map holds twice as many in memory.
+_MAX_JOIN_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -450,17 +453,24 @@ def finalize_source(
         bar.close()
 
     def build_partitioned(builder: _DatasetBuilder) -> None:
+        # Partitions are independent: two are joined and cleaned at once on worker
+        # threads, and taken in order here.
+        def join_and_clean(part: pl.DataFrame) -> _CleanedBatch:
+            return builder.cleaned.clean(module.build_candidates(part.lazy(), options)[builder.spec.name].collect())
+
         bar = tqdm(total=total_rows, desc=f"{builder.spec.name}: join", unit="row", disable=not progress, leave=False)
-        for part in _key_partitions(staged_files, builder.spec.partition_key, builder.folder):
-            builder.add(module.build_candidates(part.lazy(), options)[builder.spec.name].collect())
+        partitions = _key_partitions(staged_files, builder.spec.partition_key, builder.folder)
+        for part, cleaned in ordered_map(join_and_clean, partitions, workers=_join_workers()):
+            builder.add_cleaned(cleaned)
             bar.update(part.height)
             release_free_memory()
         bar.close()
 
     def build_streamed(builder: _DatasetBuilder) -> None:
         bar = tqdm(total=total_rows, desc=f"{builder.spec.name}: join", unit="row", disable=not progress, leave=False)
-        for frame in module.candidate_batches(builder.spec.name, staged_files, builder.folder, options):
-            builder.add(frame)
+        batches = module.candidate_batches(builder.spec.name, staged_files, builder.folder, options)
+        for frame, cleaned in ordered_map(builder.cleaned.clean, batches, workers=_join_workers()):
+            builder.add_cleaned(cleaned)
             bar.update(frame.height)
             release_free_memory()
         bar.close()
@@ -508,6 +518,10 @@ def finalize_source(
 MapPartitions = Callable[[Callable[[Path], np.ndarray], list[Path]], Iterable[np.ndarray]]
 
 
+def _join_workers() -> int:
+    return max(1, min(_MAX_JOIN_WORKERS, pl.thread_pool_size()))
+
+
 def _key_partitions(paths: Sequence[Path], key: str, work_dir: Path) -> Iterator[pl.DataFrame]:
     """The staged rows split by a hash of column ``key``, one partition at a time
     (:func:`pipeline.spill.key_partitions`; the count follows the staged size)."""
@@ -532,6 +546,17 @@ def _row_hashes(frame: pl.DataFrame, texts: list[str]) -> tuple[np.ndarray, np.n
     return hashed.get_column("h1").to_numpy(), hashed.get_column("h2").to_numpy()
 
 
+@dataclass
+class _CleanedBatch:
+    """Candidate rows after cleaning: how many came in, the drops by reason, the kept
+    rows (None when none) and their dedup hashes (None without dedup)."""
+
+    rows: int
+    dropped: shard_io.DropTally
+    kept: pl.DataFrame | None
+    hashes: tuple[np.ndarray, np.ndarray] | None
+
+
 class _KeptRows:
     """The cleaning half of building a dataset: candidate rows in, kept rows out.
 
@@ -554,28 +579,42 @@ class _KeptRows:
         self.kept_rows = 0
         self._hashes: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def add(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
-        """Take the next candidate rows (one per unit of input); the kept rows' hashes."""
-        if not frame.height:
-            return None
-        self.rows_read += frame.height
+    def clean(self, frame: pl.DataFrame) -> "_CleanedBatch":
+        """Clean and filter candidate rows; a pure function of ``frame`` (it may run on
+        any thread, while :meth:`record` takes the results in order)."""
+        dropped = shard_io.DropTally()
+        rows = frame.height
+        if not rows:
+            return _CleanedBatch(0, dropped, None, None)
         reasons = frame.get_column("drop_reason")
         rejected = reasons.drop_nulls()
         if rejected.len():
             counts = rejected.value_counts()
-            self.dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
+            dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
             frame = frame.filter(reasons.is_null())
         if self.spec.with_negative:
             frame = set_reason(frame, pl.col("negative").is_null(), "missing_negative")
         frame = clean_and_filter(frame, self.config.filters)
         counts = frame.get_column("drop_reason").drop_nulls().value_counts()
-        self.dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
+        dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
         kept = frame.filter(pl.col("drop_reason").is_null()).select(self.kept_columns)
         if not kept.height:
+            return _CleanedBatch(rows, dropped, None, None)
+        return _CleanedBatch(rows, dropped, kept, _row_hashes(kept, self.texts) if self.config.dedup else None)
+
+    def record(self, batch: "_CleanedBatch") -> tuple[np.ndarray, np.ndarray] | None:
+        """Count a cleaned batch and append its kept rows; their dedup hashes."""
+        self.rows_read += batch.rows
+        self.dropped.update(batch.dropped.as_dict())
+        if batch.kept is None:
             return None
-        self.kept.write(kept)
-        self.kept_rows += kept.height
-        return _row_hashes(kept, self.texts) if self.config.dedup else None
+        self.kept.write(batch.kept)
+        self.kept_rows += batch.kept.height
+        return batch.hashes
+
+    def add(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+        """Take the next candidate rows (one per unit of input); the kept rows' hashes."""
+        return self.record(self.clean(frame))
 
     def add_and_keep_hashes(self, frame: pl.DataFrame) -> None:
         hashes = self.add(frame)
@@ -632,7 +671,11 @@ class _DatasetBuilder:
 
     def add(self, frame: pl.DataFrame) -> None:
         """Take the next candidate rows (one per unit of input)."""
-        hashes = self.cleaned.add(frame)
+        self.add_cleaned(self.cleaned.clean(frame))
+
+    def add_cleaned(self, batch: _CleanedBatch) -> None:
+        """Take the next candidate rows, already cleaned (:meth:`_KeptRows.clean`)."""
+        hashes = self.cleaned.record(batch)
         if hashes is not None and self.deduplicator is not None:
             self.deduplicator.add(*hashes)
 
