@@ -48,6 +48,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.embedding_cache import EmbeddingCache, default_cache_dir, text_keys
+from pipeline.memory import release_free_memory
 from pipeline.shards import (
     DEFAULT_ROWS_PER_SHARD,
     MANIFEST_NAME,
@@ -461,7 +462,9 @@ def token_lengths(model_path: Path, backend: str, encoder: Any | None, texts: li
     return lengths
 
 
-TOKENS_PER_TEXT_BUDGET = 64
+# A batch holds at most batch_size x this many tokens: long texts come in smaller
+# batches, so a batch's activations stay small (each core encodes one batch at once).
+TOKENS_PER_TEXT_BUDGET = 32
 
 
 def token_budget_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, token_budget: int) -> list[np.ndarray]:
@@ -1188,6 +1191,7 @@ def _prepare(
         if encoder is None and backend != "numpy":
             encoder = load_mining_encoder(model_path, device, backend)
         lengths = token_lengths(model_path, backend, encoder, missing_texts)
+        release_free_memory()  # the tokenizer's encodings of every text, freed
         order, offsets = plan_encoding(lengths, config.batch_size)
         rows = missing[order]
         pl.DataFrame({"tid": rows, "text": [table.texts[i] for i in rows]}).write_parquet(work_dir / _PLAN_TEXTS)
@@ -1462,8 +1466,11 @@ def mine_negatives(
             encoder = load_mining_encoder(job.model_path, job.device, job.backend)
         for index in range(len(job.slices)):
             encode_slice(job, index, echo=echo, encoder=encoder)
-    # The model's weights and buffers are not needed for the search: free them first.
+    # The model's weights and buffers are not needed for the search: free them first,
+    # and hand the freed heap back (glibc keeps it otherwise, and it would count in
+    # the peak the index and the search add to).
     del encoder
+    release_free_memory()
     return finish_mining(job, echo=echo, table=table)
 
 
