@@ -57,11 +57,20 @@ def corpus_paths(out_dir: str | Path) -> dict[str, Path]:
 
 # --- ingest --------------------------------------------------------------------------
 @task(name="check-source", task_run_name="check-{source}", cache_policy=NO_CACHE)
-def source_up_to_date(source: str, inputs: list[str], corpus_dir: str, options: dict[str, Any] | None) -> list[dict[str, Any]] | None:
-    """The source's manifests when every dataset already matches inputs and config, else None."""
-    from pipeline.ingest import IngestConfig, up_to_date
+def source_up_to_date(source: str, inputs: list[str], corpus_dir: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the source's datasets already match their inputs and config.
 
-    return up_to_date(source, [Path(p) for p in inputs], Path(corpus_dir), build_config(IngestConfig, options))
+    Returns ``{"manifests": [...] or None, "entries": [...] or None}``: the manifests
+    when every dataset matches, and the inputs' ``{path, bytes, sha256}`` when they were
+    hashed for the comparison (every dataset had a manifest), so the stage tasks of a
+    rebuild (say, after a config change) do not hash every input again.
+    """
+    from pipeline.ingest import IngestConfig, every_manifest_exists, input_entry, up_to_date
+
+    config = build_config(IngestConfig, options)
+    paths = [Path(p) for p in inputs]
+    entries = [input_entry(source, p) for p in paths] if every_manifest_exists(source, paths, Path(corpus_dir), config) else None
+    return {"manifests": up_to_date(source, paths, Path(corpus_dir), config, entries), "entries": entries}
 
 
 @task(
@@ -70,14 +79,21 @@ def source_up_to_date(source: str, inputs: list[str], corpus_dir: str, options: 
     cache_policy=NO_CACHE,
 )
 def stage_input_file(
-    source: str, path: str, corpus_dir: str, options: dict[str, Any] | None, file_index: int, inputs: list[str]
+    source: str,
+    path: str,
+    corpus_dir: str,
+    options: dict[str, Any] | None,
+    file_index: int,
+    inputs: list[str],
+    entry: dict[str, Any] | None = None,
 ) -> str:
-    """Read, clean and stage one input file of ``source`` (:func:`pipeline.ingest.stage_file`)."""
+    """Read, clean and stage one input file of ``source`` (:func:`pipeline.ingest.stage_file`);
+    ``entry`` is the file's ``{path, bytes, sha256}`` when the check already hashed it."""
     from pipeline.ingest import STAGING_DIR, IngestConfig, stage_file
 
     work_dir = Path(corpus_dir) / STAGING_DIR / source
     config = build_config(IngestConfig, options)
-    staged = stage_file(source, Path(path), work_dir, config, file_index, inputs=[Path(p) for p in inputs])
+    staged = stage_file(source, Path(path), work_dir, config, file_index, entry=entry, inputs=[Path(p) for p in inputs])
     get_run_logger().info("staged %s file %d (%s) in %s", source, file_index, path, staged)
     return str(staged)
 
@@ -173,12 +189,16 @@ def build_corpus(sources: list[dict[str, Any]], out_dir: str, ingest: dict[str, 
         inputs = [str(p) for p in entry["inputs"]]
         checks.append((entry["source"], inputs, source_up_to_date.submit(entry["source"], inputs, corpus, ingest)))
     for source, inputs, check in checks:
-        done = check.result()
+        result = check.result()
+        done, entries = result["manifests"], result["entries"]
         if done is not None:
             logger.info("%s: %d datasets up to date, skipped", source, len(done))
             finished[source] = done
         else:
-            futures = [stage_input_file.submit(source, path, corpus, ingest, index, inputs) for index, path in enumerate(inputs)]
+            futures = [
+                stage_input_file.submit(source, path, corpus, ingest, index, inputs, entries[index] if entries else None)
+                for index, path in enumerate(inputs)
+            ]
             staging.append((source, inputs, futures))
     finalizing = {
         source: finalize_input_source.submit(source, [f.result() for f in futures], inputs, corpus, ingest)

@@ -225,3 +225,25 @@ def test_killed_build_resumes_to_identical_bytes(pipeline_run: dict, tiny_model_
     pairforge_pipeline(sources=SOURCES, out_dir=str(out), stop_after="config", **corpus_options(tiny_model_dir))
     result = compare_corpora(pipeline_run["out"] / "corpus", out / "corpus")
     assert result["identical"], result
+
+
+def test_a_rebuild_after_a_config_change_hashes_each_input_once(prefect_harness, tmp_path: Path, monkeypatch) -> None:
+    """The check task hashes the inputs to compare them with the manifests; the stage
+    tasks of the rebuild it then asks for reuse those hashes."""
+    import pipeline.shards as shard_io
+    from flows.build_corpus import build_corpus
+
+    out = tmp_path / "config-change"
+    build_corpus(sources=SOURCES, out_dir=str(out))
+    hashed: list[str] = []
+    original = shard_io.file_sha256
+
+    def counting(path, *args, **kwargs):
+        hashed.append(Path(path).name)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(shard_io, "file_sha256", counting)
+    manifests = build_corpus(sources=SOURCES, out_dir=str(out), ingest={"heldout_fraction": 0.2})
+    assert all(m["config"]["heldout_fraction"] == 0.2 for m in manifests)
+    names = sorted(Path(p).name for p in INPUTS)
+    assert sorted(n for n in hashed if n in names) == names
