@@ -190,7 +190,9 @@ def stage_file(
     module = get_source(source)
     options = source_options(source, config.source_options)
     specs = planned_datasets(source, inputs, config) if inputs is not None else None
-    in_stage = [spec for spec in specs if spec.row_local] if specs is not None else []
+    in_stage = [
+        spec for spec in specs or [] if spec.row_local and (spec.inputs is None or file_index in spec.inputs)
+    ]
     write_rows = specs is None or any(not spec.row_local for spec in specs)
     stage_config = {"source": source, "options": dataclasses.asdict(options), "max_line_bytes": config.max_line_bytes}
     if in_stage:
@@ -424,8 +426,9 @@ def finalize_source(
             builders[spec.name] = _DatasetBuilder(spec, stages, folder, config)
     total_rows = sum(s.rows for s in stages)
     for builder in builders.values():
-        if builder.spec.row_local and all(builder.spec.name in s.parts for s in stages):
-            for stage in stages:  # cleaned while staged: merge the parts, in input order
+        # Cleaned while its files were staged: merge the parts, in input order.
+        if builder.spec.row_local and all(builder.spec.name in s.parts for s in builder.stages):
+            for stage in builder.stages:
                 builder.absorb(stage.part(builder.spec.name))
             builder.absorbed = True
     row_local = [b for b in builders.values() if b.spec.row_local and not b.absorbed]

@@ -249,30 +249,46 @@ def test_key_partitions_give_the_same_rows_as_one_pass(
     assert in_order.is_sorted() and not partitioned.is_sorted(), "the partitioned build must really partition"
 
 
-def test_row_local_datasets_cleaned_while_staging_match_a_pass_over_staged_rows(tmp_path: Path, shared_data: Path) -> None:
-    """nli-pairs is cleaned, filtered and hashed as each file is read (its parts merged
-    at the end); staging the rows and building it afterwards gives the same bytes."""
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("source", ["nli", "pairs"])
+def test_row_local_datasets_cleaned_while_staging_match_a_pass_over_staged_rows(
+    tmp_path: Path, shared_data: Path, source: str
+) -> None:
+    """Row-local datasets (nli-pairs; each pairs-* dataset) are cleaned, filtered and
+    hashed as each file is read, their parts merged at the end; staging the rows and
+    building them afterwards gives the same bytes."""
     from pipeline.ingest import finalize_source, read_stage, stage_file
 
-    inputs = [shared_data / "snli/jsonl/snli_1.0_dev.jsonl", shared_data / "snli/senteval"]
+    if source == "nli":
+        inputs = [shared_data / "snli/jsonl/snli_1.0_dev.jsonl", shared_data / "snli/senteval"]
+    else:
+        inputs = sorted((EXAMPLES / "pairs").iterdir())
     config = IngestConfig(heldout_fraction=0.1, rows_per_shard=300)
     built = {}
     for mode in ("parts", "rows"):
         out = tmp_path / mode
         staged = [
-            stage_file("nli", path, out / ".staging", config, index, inputs=inputs if mode == "parts" else None)
+            stage_file(source, path, out / ".staging", config, index, inputs=inputs if mode == "parts" else None)
             for index, path in enumerate(inputs)
         ]
         stages = [read_stage(folder) for folder in staged]
-        if mode == "parts":
+        if mode == "rows":
+            assert all(s.parts == () and s.rows_written for s in stages)
+        elif source == "nli":
             assert all(s.parts == ("nli-pairs",) and s.rows_written for s in stages)  # triplets still join rows
-        else:
-            assert all(s.parts == () for s in stages)
-        built[mode] = {m["dataset"]: m for m in finalize_source("nli", staged, inputs, out, config, progress=False)}
-    assert built["parts"]["nli-pairs"]["rows_read"] == 1289 + 9842  # the SNLI dev subset, the SentEval dev split
-    assert built["parts"]["nli-pairs"]["dropped"]["duplicate"] > 0  # pairs in both files
-    for dataset in ("nli-pairs", "nli-triplets"):
+        else:  # each file's own dataset only, and no rows spilled
+            assert [len(s.parts) for s in stages] == [1] * len(inputs) and not any(s.rows_written for s in stages)
+        built[mode] = {m["dataset"]: m for m in finalize_source(source, staged, inputs, out, config, progress=False)}
+    assert built["parts"].keys() == built["rows"].keys()
+    for dataset in built["parts"]:
         assert tree_hashes(tmp_path / "parts" / dataset) == tree_hashes(tmp_path / "rows" / dataset), dataset
+    if source == "nli":
+        assert built["parts"]["nli-pairs"]["rows_read"] == 1289 + 9842  # the SNLI dev subset, the SentEval dev split
+        assert built["parts"]["nli-pairs"]["dropped"]["duplicate"] > 0  # pairs in both files
+    else:
+        assert len(built["parts"]) == len(inputs) and all(m["rows_kept"] > 0 for m in built["parts"].values())
 
 
 def test_datasets_option_builds_only_the_named_ones(tmp_path: Path, shared_data: Path, capsys) -> None:
