@@ -21,7 +21,9 @@ all the tokens of a batch, after a check that a row's result does not depend on 
 position or on the number of rows (:func:`rows_are_position_invariant`). Otherwise
 (no MKL, or a CPU whose kernels fail the check) each text gets its own product through
 numpy's OpenBLAS, whose row blocking does change a row's last bits with its position:
-about 1.8x slower, same guarantee.
+same guarantee, products about 1.8x slower (43 against 78 GFLOPS on one core here),
+the whole encoder about 1.3x. With MKL, GELU's erf is MKL's ``vsErf`` too (checked
+the same way: :func:`erf_is_position_invariant`).
 
 :func:`numpy_encoder_spec` says whether a folder qualifies; anything else (other
 architectures, prompts, other pooling, a GPU) goes through torch
