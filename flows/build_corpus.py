@@ -65,12 +65,10 @@ def source_up_to_date(source: str, inputs: list[str], corpus_dir: str, options: 
     hashed for the comparison (every dataset had a manifest), so the stage tasks of a
     rebuild (say, after a config change) do not hash every input again.
     """
-    from pipeline.ingest import IngestConfig, every_manifest_exists, input_entry, up_to_date
+    from pipeline.ingest import IngestConfig, up_to_date
 
-    config = build_config(IngestConfig, options)
-    paths = [Path(p) for p in inputs]
-    entries = [input_entry(source, p) for p in paths] if every_manifest_exists(source, paths, Path(corpus_dir), config) else None
-    return {"manifests": up_to_date(source, paths, Path(corpus_dir), config, entries), "entries": entries}
+    check = up_to_date(source, [Path(p) for p in inputs], Path(corpus_dir), build_config(IngestConfig, options))
+    return {"manifests": check.manifests, "entries": check.entries}
 
 
 @task(

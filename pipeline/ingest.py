@@ -346,36 +346,39 @@ def planned_datasets(source: str, inputs: Sequence[Path], config: IngestConfig) 
     return [spec for spec in specs if spec.name in config.datasets]
 
 
-def every_manifest_exists(source: str, inputs: Sequence[Path], out_dir: Path, config: IngestConfig) -> bool:
-    """Whether every dataset these inputs make has a manifest (so hashing them can pay)."""
-    specs = planned_datasets(source, inputs, config)
-    return all((Path(out_dir) / spec.name / shard_io.MANIFEST_NAME).exists() for spec in specs)
+@dataclass(frozen=True)
+class UpToDateCheck:
+    """What :func:`up_to_date` found.
 
-
-def up_to_date(
-    source: str,
-    inputs: Sequence[Path],
-    out_dir: Path,
-    config: IngestConfig,
-    entries: list[dict[str, Any]] | None = None,
-) -> list[dict[str, Any]] | None:
-    """The manifests of every dataset if all already match inputs and config, else None.
-
-    Inputs are hashed (unless ``entries`` are given) only when every dataset has a
-    manifest to compare them with.
+    Attributes:
+        manifests: every dataset's manifest when all match their inputs and config, else None.
+        entries: the inputs' ``{path, bytes, sha256}`` when they were hashed for the
+            comparison (every dataset had a manifest), else None. Staging reuses them,
+            so a rebuild (say, after a config change) does not hash every input twice.
     """
-    if not every_manifest_exists(source, inputs, out_dir, config):
-        return None
+
+    manifests: list[dict[str, Any]] | None
+    entries: list[dict[str, Any]] | None
+
+
+def up_to_date(source: str, inputs: Sequence[Path], out_dir: Path, config: IngestConfig) -> UpToDateCheck:
+    """Whether every dataset already matches its inputs and config.
+
+    Inputs are hashed only when every dataset has a manifest to compare them with (a
+    first build hashes each file while staging it instead).
+    """
     specs = planned_datasets(source, inputs, config)
-    entries = entries or [input_entry(source, Path(p)) for p in inputs]
+    if not all((Path(out_dir) / spec.name / shard_io.MANIFEST_NAME).exists() for spec in specs):
+        return UpToDateCheck(None, None)
+    entries = [input_entry(source, Path(p)) for p in inputs]
     hash_ = shard_io.config_hash(config.resolved(source))
     manifests = []
     for spec in specs:
         manifest = _dataset_manifest_matches(Path(out_dir) / spec.name, entries, hash_)
         if manifest is None:
-            return None
+            return UpToDateCheck(None, entries)
         manifests.append(manifest)
-    return manifests
+    return UpToDateCheck(manifests, entries)
 
 
 def finalize_source(
@@ -549,6 +552,12 @@ def _row_hashes(frame: pl.DataFrame, texts: list[str]) -> tuple[np.ndarray, np.n
     return hashed.get_column("h1").to_numpy(), hashed.get_column("h2").to_numpy()
 
 
+def _reason_counts(reasons: pl.Series) -> dict[str, int]:
+    """How many rows carry each drop reason (null, a kept row, is not counted)."""
+    counts = reasons.drop_nulls().value_counts()
+    return dict(zip(counts.get_column(reasons.name).to_list(), counts.get_column("count").to_list()))
+
+
 @dataclass
 class _CleanedBatch:
     """Candidate rows after cleaning: how many came in, the drops by reason, the kept
@@ -590,16 +599,13 @@ class _KeptRows:
         if not rows:
             return _CleanedBatch(0, dropped, None, None)
         reasons = frame.get_column("drop_reason")
-        rejected = reasons.drop_nulls()
-        if rejected.len():
-            counts = rejected.value_counts()
-            dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
+        if reasons.null_count() < rows:  # rows the source already rejected: counted, set aside
+            dropped.update(_reason_counts(reasons))
             frame = frame.filter(reasons.is_null())
         if self.spec.with_negative:
             frame = set_reason(frame, pl.col("negative").is_null(), "missing_negative")
         frame = clean_and_filter(frame, self.config.filters)
-        counts = frame.get_column("drop_reason").drop_nulls().value_counts()
-        dropped.update(dict(zip(counts.get_column("drop_reason").to_list(), counts.get_column("count").to_list())))
+        dropped.update(_reason_counts(frame.get_column("drop_reason")))
         kept = frame.filter(pl.col("drop_reason").is_null()).select(self.kept_columns)
         if not kept.height:
             return _CleanedBatch(rows, dropped, None, None)
@@ -825,13 +831,10 @@ def ingest(
     if missing:
         raise FileNotFoundError(f"input not found: {', '.join(missing)}")
     out = Path(out_dir)
-    # Hashed here only to compare with existing manifests; then handed to staging, so
-    # a rebuild (say, after a config change) does not hash every input twice.
-    # Otherwise each file is hashed while it is staged.
-    entries = [input_entry(source, p) for p in paths] if every_manifest_exists(source, paths, out, config) else None
-    done = up_to_date(source, paths, out, config, entries)
-    if done is not None:
-        return IngestResult(done, _all_failures(done), skipped=True)
+    check = up_to_date(source, paths, out, config)
+    if check.manifests is not None:
+        return IngestResult(check.manifests, _all_failures(check.manifests), skipped=True)
+    entries = check.entries
     work_dir = out / STAGING_DIR / source
     staged = []
     for index, path in enumerate(tqdm(paths, desc=f"{source}: read", unit="file", disable=not progress)):
