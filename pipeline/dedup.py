@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -27,16 +27,21 @@ class ExactDeduplicator:
     Args:
         n_buckets: hash partitions spilled to disk (a power of two).
         work_dir: where the partitions are written (a temporary folder by default).
+        memory_rows: up to this many rows the hashes stay in memory (24 bytes a row)
+            and are deduplicated in one step; past it they go to the partitions on
+            disk. Same mask either way.
     """
 
-    def __init__(self, n_buckets: int = 64, work_dir: str | Path | None = None) -> None:
+    def __init__(self, n_buckets: int = 64, work_dir: str | Path | None = None, memory_rows: int = 1_000_000) -> None:
         if n_buckets < 1 or n_buckets & (n_buckets - 1):
             raise ValueError(f"n_buckets must be a power of two, got {n_buckets}")
         self.n_buckets = n_buckets
-        self._tmp = tempfile.TemporaryDirectory(prefix="pairforge-dedup-", dir=work_dir)
-        self._dir = Path(self._tmp.name)
-        self._files = [open(self._dir / f"bucket-{b:04d}.bin", "wb") for b in range(n_buckets)]
+        self.memory_rows = memory_rows
         self.rows = 0
+        self._work_dir = work_dir
+        self._held: list[np.ndarray] = []  # records not spilled (all of them, until memory_rows)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._files: list[BinaryIO] = []
         self._shift = 64 - max(n_buckets.bit_length() - 1, 0)
 
     def add(self, h1: np.ndarray, h2: np.ndarray) -> None:
@@ -47,6 +52,18 @@ class ExactDeduplicator:
         records["h2"] = h2
         records["row"] = np.arange(self.rows, self.rows + n, dtype=np.int64)
         self.rows += n
+        if self._tmp is None and self.rows <= self.memory_rows:
+            self._held.append(records)
+            return
+        self._spill(records)
+
+    def _spill(self, records: np.ndarray) -> None:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="pairforge-dedup-", dir=self._work_dir)
+            self._files = [open(self._bucket_path(b), "wb") for b in range(self.n_buckets)]
+            held, self._held = self._held, []
+            for earlier in held:
+                self._spill(earlier)
         if self.n_buckets == 1:
             records.tofile(self._files[0])
             return
@@ -59,6 +76,10 @@ class ExactDeduplicator:
             if hi > lo:
                 records[order[lo:hi]].tofile(self._files[b])
 
+    def _bucket_path(self, bucket: int) -> Path:
+        assert self._tmp is not None
+        return Path(self._tmp.name) / f"bucket-{bucket:04d}.bin"
+
     def keep_mask(self, map_partitions: Callable[[Callable[[Path], np.ndarray], list[Path]], Iterable[np.ndarray]] = map) -> np.ndarray:
         """True for the first row of each distinct hash, in the order rows were added.
 
@@ -67,12 +88,22 @@ class ExactDeduplicator:
                 file, like the builtin ``map`` (the default, in this process) or an
                 executor's map (a Dask client's ``map`` + ``gather``, a process pool):
                 partitions are independent and the merge does not depend on the order
-                results come back in, so the mask is the same either way.
+                results come back in, so the mask is the same either way. Rows still
+                in memory are deduplicated here with the builtin ``map``, and spilled
+                first for any other.
         """
+        keep = np.zeros(self.rows, dtype=bool)
+        if self._tmp is None and map_partitions is map:
+            held, self._held = self._held, []
+            if held:
+                keep[first_occurrences(np.concatenate(held))] = True
+            return keep
+        if self._tmp is None:
+            self._spill(np.empty(0, dtype=_ROW_DTYPE))
+        assert self._tmp is not None
         for handle in self._files:
             handle.close()
-        keep = np.zeros(self.rows, dtype=bool)
-        paths = [self._dir / f"bucket-{bucket:04d}.bin" for bucket in range(self.n_buckets)]
+        paths = [self._bucket_path(bucket) for bucket in range(self.n_buckets)]
         for first_rows in map_partitions(partition_first_rows, paths):
             keep[first_rows] = True
         self._tmp.cleanup()
@@ -85,14 +116,16 @@ def partition_first_rows(path: str | Path) -> np.ndarray:
 
 
 def first_occurrences(records: np.ndarray) -> np.ndarray:
-    """Row numbers of the first occurrence of each (h1, h2) in one partition."""
+    """Row numbers of the first occurrence of each (h1, h2) among ``records`` (in row order)."""
     if len(records) == 0:
         return np.empty(0, dtype=np.int64)
-    order = np.lexsort((records["row"], records["h2"], records["h1"]))
-    ranked = records[order]
-    new_key = np.ones(len(ranked), dtype=bool)
-    new_key[1:] = (ranked["h1"][1:] != ranked["h1"][:-1]) | (ranked["h2"][1:] != ranked["h2"][:-1])
-    return ranked["row"][new_key]
+    import polars as pl
+
+    # A hash table (polars, multi-threaded) instead of a sort: records come in row
+    # order, so "first in this array" is "first in row order".
+    hashes = pl.DataFrame({"h1": records["h1"], "h2": records["h2"]})
+    first = hashes.select(pl.struct("h1", "h2").is_first_distinct()).to_series().to_numpy()
+    return records["row"][first]
 
 
 class NearDuplicateFilter:

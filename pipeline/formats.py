@@ -14,9 +14,13 @@ checks that bad files need.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import io
+import mmap
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections import deque
@@ -66,6 +70,16 @@ class ReadContext:
     bad_rows: DropTally = field(default_factory=DropTally)
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     lines_seen: int = 0
+    input_digest: "InputDigest | None" = None
+
+    def open(self, path: Path) -> BinaryIO:
+        """:func:`open_decompressed`; reads of the input itself also feed ``input_digest``."""
+        return open_decompressed(Path(path), self.digest_for(path))
+
+    def digest_for(self, path: Path) -> "InputDigest | None":
+        """``input_digest`` when ``path`` is the input it hashes."""
+        digest = self.input_digest
+        return digest if digest is not None and Path(path) == digest.path else None
 
     def reject(self, line: int, reason: str, raw: bytes | str = b"") -> None:
         """Count an unreadable row under ``reason`` and quarantine it."""
@@ -81,18 +95,107 @@ class ReadContext:
         )
 
 
-def open_decompressed(path: Path) -> BinaryIO:
+def is_compressed(path: Path) -> bool:
+    """Whether :func:`open_decompressed` decompresses ``path`` (by its name)."""
+    return path.name.lower().endswith((".zst", ".zstd", ".gz"))
+
+
+def open_decompressed(path: Path, digest: "InputDigest | None" = None) -> BinaryIO:
     """Open ``path`` for binary reading, decompressing ``.gz`` and ``.zst`` on the fly.
 
     A truncated or corrupt archive raises :class:`InputFileError` naming the file and
-    how far it was read.
+    how far it was read. With ``digest``, the bytes read from a plain file also feed it
+    (see :class:`InputDigest`); a compressed file ignores it.
     """
     name = path.name.lower()
     if name.endswith((".zst", ".zstd")):
         return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 20)
     if name.endswith(".gz"):
         return io.BufferedReader(_GzipChecked(path), buffer_size=1 << 20)
-    return open(path, "rb")
+    handle = open(path, "rb")
+    return digest.reading(handle) if digest is not None else handle
+
+
+class InputDigest:
+    """The SHA-256 of a plain input file, taken from the blocks its reader reads anyway.
+
+    Hashing an input in a second pass reads it twice; here each block a reader gets is
+    also hashed, in order, on a background thread (hashlib releases the GIL, and the
+    blocks are immutable ``bytes``). The digest counts only when the file was opened
+    once and read whole, from its start: :meth:`result` checks the byte count and
+    returns None otherwise (a source that sniffs a header first, or stops early), and
+    the caller hashes the file itself.
+    """
+
+    _IN_FLIGHT = 4  # blocks waiting for the hash thread, at most
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.bytes = 0
+        self._sha = hashlib.sha256()
+        self._opens = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[None]] = deque()
+
+    def reading(self, handle: BinaryIO) -> BinaryIO:
+        """``handle`` (the file just opened), its reads fed to this digest."""
+        self.opened()
+        return _DigestedReads(handle, self)
+
+    def opened(self) -> None:
+        """Count an opening of the file whose bytes the caller feeds itself, in order."""
+        self._opens += 1
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairforge-hash")
+        self.bytes += len(data)
+        self._pending.append(self._pool.submit(self._sha.update, data))
+        while len(self._pending) > self._IN_FLIGHT:
+            self._pending.popleft().result()
+
+    def result(self) -> str | None:
+        """The hex SHA-256 when the file was read once and whole; else None."""
+        while self._pending:
+            self._pending.popleft().result()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        if self._opens != 1 or self.bytes != os.path.getsize(self.path):
+            return None
+        return self._sha.hexdigest()
+
+
+class _DigestedReads(io.BufferedIOBase):
+    """A plain file whose ``read``/``read1``/``readline`` results also feed an :class:`InputDigest`."""
+
+    def __init__(self, handle: BinaryIO, digest: InputDigest) -> None:
+        self._handle = handle
+        self._digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._handle.read(size)
+        self._digest.feed(data)
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        data = self._handle.read1(size)  # type: ignore[attr-defined]
+        self._digest.feed(data)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        data = self._handle.readline(size)
+        self._digest.feed(data)
+        return data
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
 
 
 class _ZstdFrames(io.RawIOBase):
@@ -212,6 +315,91 @@ class LineChunk:
     data: bytes
     first_line: int
     n_lines: int
+
+
+def line_chunks(path: Path, ctx: ReadContext) -> Iterator[LineChunk]:
+    """The lines of an input file in chunks of whole lines (see :func:`iter_line_chunks`).
+
+    A plain file is memory-mapped and cut in place (:func:`_mapped_line_chunks`); a
+    compressed one, or one that cannot be mapped, is read as a stream. Same chunks,
+    same rejects, same line numbers either way.
+    """
+    path = Path(path)
+    if not is_compressed(path):
+        with open(path, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            try:
+                # Not a regular file (a pipe): read it as a stream, below.
+                mappable = stat.S_ISREG(status.st_mode)
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if mappable and status.st_size else None
+            except (OSError, ValueError):
+                mappable = False
+            if mappable:
+                yield from _mapped_line_chunks(mapped, status.st_size, ctx, ctx.digest_for(path))
+                return
+    with ctx.open(path) as stream:
+        yield from iter_line_chunks(stream, ctx)
+
+
+def _mapped_line_chunks(
+    mapped: mmap.mmap | None, size: int, ctx: ReadContext, digest: "InputDigest | None"
+) -> Iterator[LineChunk]:
+    """:func:`iter_line_chunks` for a mapped file: each chunk is ONE copy out of the page
+    cache (a stream reads a block, then joins the previous block's last partial line
+    to it), and pages already cut are unmapped again, so memory stays flat."""
+    if digest is not None:
+        digest.opened()
+    if mapped is None:  # an empty file
+        ctx.lines_seen = 0
+        return
+    with mapped:
+        if hasattr(mmap, "MADV_SEQUENTIAL"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        pos = len(_BOM) if mapped[: len(_BOM)] == _BOM else 0
+        if digest is not None and pos:
+            digest.feed(mapped[:pos])
+        line_no = 1
+        released = 0
+        while pos < size:
+            end = min(pos + ctx.chunk_bytes, size)
+            if end < size:
+                cut = mapped.rfind(b"\n", pos, end)
+                if cut < 0:  # one line longer than a chunk: find its end
+                    newline = mapped.find(b"\n", end)
+                    line_end = size if newline < 0 else newline
+                    if line_end - pos > ctx.max_line_bytes:
+                        ctx.reject(line_no, "line_too_long", mapped[pos : pos + QUARANTINE_HEAD_BYTES])
+                        skipped_to = size if newline < 0 else newline + 1
+                        if digest is not None:
+                            for start in range(pos, skipped_to, ctx.chunk_bytes):
+                                digest.feed(mapped[start : min(start + ctx.chunk_bytes, skipped_to)])
+                        pos = skipped_to
+                        line_no += 1
+                        released = _unmap_before(mapped, released, pos)
+                        continue
+                    cut = line_end
+                end = min(cut + 1, size)
+            data = mapped[pos:end]
+            if digest is not None:
+                digest.feed(data)
+            if not data.endswith(b"\n"):  # the last line, without a newline
+                data += b"\n"
+            n_lines = count_newlines(data)
+            yield from _bounded_chunks(data, line_no, ctx, n_lines)
+            line_no += n_lines
+            pos = end
+            released = _unmap_before(mapped, released, pos)
+        ctx.lines_seen = line_no - 1
+
+
+def _unmap_before(mapped: mmap.mmap, released: int, pos: int) -> int:
+    """Drop the mapped pages before ``pos`` (already copied out) from this process's
+    memory; the file stays in the page cache. Returns the new released offset."""
+    aligned = pos - pos % mmap.PAGESIZE
+    if aligned > released and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED, released, aligned - released)
+        return aligned
+    return released
 
 
 def iter_line_chunks(stream: BinaryIO, ctx: ReadContext) -> Iterator[LineChunk]:
@@ -489,8 +677,7 @@ def read_jsonl(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.D
 
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     fast = _PolarsFastPath.for_schema(schema)
-    with open_decompressed(path) as stream:
-        chunks = iter_line_chunks(stream, ctx)
+    with contextlib.closing(line_chunks(path, ctx)) as chunks:
         # polars parses one chunk on one thread (releasing the GIL): several chunks
         # are parsed at once while this thread cuts the next ones. Results come back
         # in order; chunks the fast path refuses are read strictly, here, in order.
@@ -522,8 +709,8 @@ def read_text_lines(path: Path, ctx: ReadContext) -> list[str | None]:
     Line endings (LF or CRLF) and a BOM are removed; invalid lines are quarantined.
     """
     out: list[str | None] = []
-    with open_decompressed(path) as stream:
-        for chunk in iter_line_chunks(stream, ctx):
+    with contextlib.closing(line_chunks(path, ctx)) as chunks:
+        for chunk in chunks:
             for offset, raw in enumerate(chunk.data.split(b"\n")[: chunk.n_lines]):
                 try:
                     out.append(raw.rstrip(b"\r").decode("utf-8"))
@@ -554,7 +741,7 @@ def read_delimited(
     import csv
 
     csv.field_size_limit(ctx.max_line_bytes)
-    with open_decompressed(path) as stream:
+    with ctx.open(path) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
         first = text.read(1)
         if first and first != "\ufeff":
@@ -671,8 +858,8 @@ def read_json_values(path: Path, ctx: ReadContext) -> Iterator[JsonValues]:
     """
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
-    with open_decompressed(path) as stream:
-        for chunk in iter_line_chunks(stream, ctx):
+    with contextlib.closing(line_chunks(path, ctx)) as chunks:
+        for chunk in chunks:
             lines: list[int] = []
             values: list[Any] = []
             number = chunk.first_line

@@ -38,8 +38,8 @@ import polars as pl
 from pipeline import shards as shard_io
 from pipeline import spill
 from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
-from pipeline.formats import DEFAULT_MAX_LINE_BYTES, InputFileError, ReadContext, ordered_map
-from pipeline.memory import release_free_memory
+from pipeline.formats import DEFAULT_MAX_LINE_BYTES, InputDigest, InputFileError, ReadContext, is_compressed, ordered_map
+from pipeline.memory import heap_reused_while_streaming, release_free_memory
 from pipeline.normalize import TextFilters, clean_and_filter, set_reason
 from pipeline.records import arrow_schema, shard_columns
 from pipeline.sources import DatasetSpec, get_source
@@ -213,10 +213,16 @@ def stage_file(
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     hashing = None
-    if entry is None:
+    digest = None
+    if entry is None and _is_one_plain_file(module, Path(path)):
+        digest = InputDigest(Path(path))  # hashed from the blocks the reader reads
+    elif entry is None:
         hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairforge-hash")
         entry_future = hashing.submit(input_entry, source, Path(path))
-    ctx = ReadContext(path=Path(path), display_name=str(path), file_index=file_index, max_line_bytes=config.max_line_bytes)
+    ctx = ReadContext(
+        path=Path(path), display_name=str(path), file_index=file_index, max_line_bytes=config.max_line_bytes,
+        input_digest=digest,
+    )
     rows = 0
     failure = None
     tmp_rows = folder / ".rows.tmp"
@@ -244,15 +250,15 @@ def stage_file(
                 lazy = candidates.get(part.spec.name)
                 if lazy is not None:
                     part.add_and_keep_hashes(lazy.collect())
-        release_free_memory()
 
     try:
-        for batch in module.stage_file(Path(path), ctx, options):
-            pending.append(batch)
-            pending_rows += batch.height
-            rows += batch.height
-            if pending_rows >= spill.BATCH_ROWS:
-                flush()
+        with heap_reused_while_streaming():
+            for batch in module.stage_file(Path(path), ctx, options):
+                pending.append(batch)
+                pending_rows += batch.height
+                rows += batch.height
+                if pending_rows >= spill.BATCH_ROWS:
+                    flush()
     except InputFileError as exc:
         failure = str(exc)
     finally:
@@ -260,6 +266,10 @@ def stage_file(
         if hashing is not None:
             entry = entry_future.result()
             hashing.shutdown()
+        if digest is not None:
+            sha256 = digest.result()
+            # None: the source did not read the file once and whole through ctx.open.
+            entry = {"path": str(path), "bytes": digest.bytes, "sha256": sha256} if sha256 else input_entry(source, Path(path))
     assert entry is not None
     if writer.files():
         os.replace(tmp_rows, folder / STAGED_ROWS)
@@ -298,8 +308,7 @@ def input_entry(source: str, path: Path) -> dict[str, Any]:
     """``{path, bytes, sha256}`` of an input; for an input made of several files (a
     SentEval split, SPECTER's data.json + metadata.json) the bytes and hash cover all of
     them, in the order the source names them (``companion_files``)."""
-    module = get_source(source)
-    files = module.companion_files(path) if hasattr(module, "companion_files") else [path]
+    files = _companions(get_source(source), path)
     if len(files) == 1 and files[0] == path and path.is_file():
         entry = shard_io.input_entries([path])[0]
         entry["path"] = str(path)
@@ -310,6 +319,16 @@ def input_entry(source: str, path: Path) -> dict[str, Any]:
         digest.update(shard_io.file_sha256(file).encode())
         total += file.stat().st_size
     return {"path": str(path), "bytes": total, "sha256": digest.hexdigest(), "files": [str(f) for f in files]}
+
+
+def _companions(module: Any, path: Path) -> list[Path]:
+    """The files one input consists of (``companion_files``), or the input itself."""
+    return module.companion_files(path) if hasattr(module, "companion_files") else [path]
+
+
+def _is_one_plain_file(module: Any, path: Path) -> bool:
+    """Whether an input is one uncompressed file (its hash can come from its reader)."""
+    return path.is_file() and not is_compressed(path) and _companions(module, path) == [path]
 
 
 def read_stage(folder: Path) -> StagedFile:
@@ -719,8 +738,8 @@ class _DatasetBuilder:
             keep = np.ones(self.kept_rows, dtype=bool)
         self.dropped.add("duplicate", int((~keep).sum()))
         schema = arrow_schema(spec.with_negative)
-        train = shard_io.ShardWriter(folder, schema, config.rows_per_shard)
-        heldout = shard_io.ShardWriter(folder, schema, config.rows_per_shard, prefix="heldout")
+        train = shard_io.ShardWriter(folder, schema, config.rows_per_shard, background=True)
+        heldout = shard_io.ShardWriter(folder, schema, config.rows_per_shard, prefix="heldout", background=True)
         near_filter = NearDuplicateFilter(config.near_dedup_threshold) if config.near_dedup else None
         offset = 0
         for frame in spill.read_batches(self.absorbed_files + self.cleaned.kept.files(), batch_rows=1):

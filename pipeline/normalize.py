@@ -23,7 +23,7 @@ import html
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -195,18 +195,28 @@ def clean_and_filter(frame: pl.DataFrame, filters: TextFilters) -> pl.DataFrame:
             frame.get_column(c).scatter(positions, _normalize_series(frame.get_column(c).gather(positions)))
             for c in texts
         )
-    # A null text (a negative a row does not have) compares as null, which set_reason
-    # reads as "no": each row is judged on the texts it has, whatever else is in the batch.
-    lengths = {c: pl.col(c).str.len_chars() for c in texts}
-    frame = set_reason(frame, pl.any_horizontal([lengths[c] == 0 for c in texts]), "empty_text")
-    frame = set_reason(frame, pl.any_horizontal([lengths[c] < filters.min_chars for c in texts]), "too_short")
-    frame = set_reason(frame, pl.any_horizontal([lengths[c] > filters.max_chars for c in texts]), "too_long")
+    # A null text (a negative a row does not have) compares as null, read as "no": each
+    # row is judged on the texts it has, whatever else is in the batch. One pass: the
+    # lengths are counted once, and the first rule that fires names the reason.
+    lengths = [f"_length_{c}" for c in texts]
+    rules = [
+        (pl.any_horizontal([pl.col(n) == 0 for n in lengths]), "empty_text"),
+        (pl.any_horizontal([pl.col(n) < filters.min_chars for n in lengths]), "too_short"),
+        (pl.any_horizontal([pl.col(n) > filters.max_chars for n in lengths]), "too_long"),
+    ]
     if filters.drop_anchor_equals_positive:
-        frame = set_reason(frame, pl.col("anchor") == pl.col("positive"), "anchor_equals_positive")
+        rules.append((pl.col("anchor") == pl.col("positive"), "anchor_equals_positive"))
     if "negative" in texts:
-        frame = set_reason(
-            frame,
-            (pl.col("negative") == pl.col("anchor")) | (pl.col("negative") == pl.col("positive")),
-            "negative_equals_anchor_or_positive",
+        rules.append(
+            ((pl.col("negative") == pl.col("anchor")) | (pl.col("negative") == pl.col("positive")),
+             "negative_equals_anchor_or_positive")
         )
-    return frame
+    first_rule: Any = pl
+    for condition, reason in rules:
+        first_rule = first_rule.when(condition.fill_null(False)).then(pl.lit(reason))
+    reason = first_rule.otherwise(pl.lit(None, dtype=pl.String))
+    return (
+        frame.with_columns(pl.col(c).str.len_chars().alias(n) for c, n in zip(texts, lengths))
+        .with_columns(pl.coalesce(pl.col("drop_reason"), reason).alias("drop_reason"))
+        .drop(lengths)
+    )

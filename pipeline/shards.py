@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,6 +87,9 @@ class ShardWriter:
         schema: the Arrow schema of every shard.
         rows_per_shard: the most rows a shard holds.
         prefix: a subfolder of ``folder`` for these shards (``""`` or ``"heldout"``).
+        background: encode, compress and hash the shards on a thread of their own
+            (pyarrow releases the GIL), so the caller prepares the next rows meanwhile.
+            At most two row groups wait for it. Same bytes either way.
 
     Rows are buffered only up to one row group (``ROW_GROUP_ROWS``): a row group is
     written as soon as it is full, so memory does not grow with the shard size. Row
@@ -96,6 +100,7 @@ class ShardWriter:
     """
 
     ROW_GROUP_ROWS = 100_000
+    _IN_FLIGHT = 2
 
     def __init__(
         self,
@@ -103,6 +108,7 @@ class ShardWriter:
         schema: pa.Schema,
         rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
         prefix: str = "",
+        background: bool = False,
     ) -> None:
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be at least 1, got {rows_per_shard}")
@@ -111,16 +117,16 @@ class ShardWriter:
         self.rows_per_shard = rows_per_shard
         self.prefix = prefix
         self.shards: list[ShardInfo] = []
+        self.rows = 0  # rows taken so far, written or buffered
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._shard_rows = 0  # rows of the current shard, handed to the writing side
+        # The writing side (this thread, or the background one): the open shard file.
         self._writer: pq.ParquetWriter | None = None
-        self._shard_rows = 0
+        self._file_rows = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairforge-shards") if background else None
+        self._in_flight: deque[Future[None]] = deque()
         (self.folder / prefix).mkdir(parents=True, exist_ok=True)
-
-    @property
-    def rows(self) -> int:
-        """Rows written so far, shards and buffer together."""
-        return sum(s.rows for s in self.shards) + self._shard_rows + self._pending_rows
 
     def write(self, rows: pa.Table | Any) -> None:
         """Add rows (an Arrow table or a polars DataFrame) in schema order."""
@@ -130,6 +136,7 @@ class ShardWriter:
         table = table.select(self.schema.names).cast(self.schema)
         self._pending.append(table)
         self._pending_rows += table.num_rows
+        self.rows += table.num_rows
         while self._pending_rows >= self._next_group_rows():
             self._write_group(self._next_group_rows())
 
@@ -137,7 +144,13 @@ class ShardWriter:
         """Write what is buffered and return every shard written."""
         while self._pending_rows > 0:
             self._write_group(min(self._pending_rows, self._next_group_rows()))
-        self._close_shard()
+        if self._shard_rows:
+            self._run(self._close_file)
+            self._shard_rows = 0
+        while self._in_flight:
+            self._in_flight.popleft().result()
+        if self._pool is not None:
+            self._pool.shutdown()
         return self.shards
 
     def __enter__(self) -> "ShardWriter":
@@ -146,6 +159,8 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        elif self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
     def _next_group_rows(self) -> int:
         """Rows of the next row group: a full group, or what is left of the shard."""
@@ -157,30 +172,44 @@ class ShardWriter:
         return relative, self.folder / relative
 
     def _write_group(self, n_rows: int) -> None:
-        table = pa.concat_tables(self._pending).combine_chunks() if len(self._pending) > 1 else self._pending[0]
+        table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
         head, rest = table.slice(0, n_rows), table.slice(n_rows)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
+        self._run(self._put_group, head)
+        self._shard_rows += n_rows
+        if self._shard_rows >= self.rows_per_shard:
+            self._run(self._close_file)
+            self._shard_rows = 0
+
+    def _run(self, step: Callable[..., None], *args: Any) -> None:
+        """Do a writing step here, or queue it for the background thread (in order)."""
+        if self._pool is None:
+            step(*args)
+            return
+        self._in_flight.append(self._pool.submit(step, *args))
+        while len(self._in_flight) > self._IN_FLIGHT:
+            self._in_flight.popleft().result()
+
+    def _put_group(self, head: pa.Table) -> None:
         if self._writer is None:
             _, path = self._shard_path(len(self.shards))
             self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             self._writer = pq.ParquetWriter(
                 self._tmp, self.schema, compression="zstd", write_statistics=True, store_schema=True
             )
-        self._writer.write_table(head, row_group_size=n_rows)
-        self._shard_rows += n_rows
-        if self._shard_rows >= self.rows_per_shard:
-            self._close_shard()
+        # One chunk per column: the pages then do not depend on the batches rows came in.
+        self._writer.write_table(head.combine_chunks(), row_group_size=head.num_rows)
+        self._file_rows += head.num_rows
 
-    def _close_shard(self) -> None:
-        if self._writer is None:
-            return
+    def _close_file(self) -> None:
+        assert self._writer is not None
         self._writer.close()
         relative, path = self._shard_path(len(self.shards))
         os.replace(self._tmp, path)
-        self.shards.append(ShardInfo(relative, self._shard_rows, file_sha256(path)))
+        self.shards.append(ShardInfo(relative, self._file_rows, file_sha256(path)))
         self._writer = None
-        self._shard_rows = 0
+        self._file_rows = 0
 
 
 def remove_stale_shards(folder: Path) -> None:

@@ -8,11 +8,12 @@ import pytest
 from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
 
 
+@pytest.mark.parametrize("memory_rows", [0, 500, 10_000], ids=["spilled", "spilled-midway", "in-memory"])
 @pytest.mark.parametrize("n_buckets", [1, 4, 64])
-def test_keep_mask_keeps_first_occurrence_in_row_order(n_buckets: int) -> None:
+def test_keep_mask_keeps_first_occurrence_in_row_order(n_buckets: int, memory_rows: int) -> None:
     rng = np.random.default_rng(0)
     keys = rng.integers(0, 50, size=1000).astype(np.uint64)
-    dedup = ExactDeduplicator(n_buckets=n_buckets)
+    dedup = ExactDeduplicator(n_buckets=n_buckets, memory_rows=memory_rows)
     for start in range(0, 1000, 137):  # batches of uneven size
         part = keys[start : start + 137]
         dedup.add(part * np.uint64(0x9E3779B97F4A7C15), part)
@@ -26,8 +27,9 @@ def test_keep_mask_keeps_first_occurrence_in_row_order(n_buckets: int) -> None:
     assert (keep == expected).all()
 
 
-def test_rows_equal_in_first_hash_half_only_are_not_duplicates() -> None:
-    dedup = ExactDeduplicator(n_buckets=2)
+@pytest.mark.parametrize("memory_rows", [0, 10])
+def test_rows_equal_in_first_hash_half_only_are_not_duplicates(memory_rows: int) -> None:
+    dedup = ExactDeduplicator(n_buckets=2, memory_rows=memory_rows)
     dedup.add(np.array([7, 7], dtype=np.uint64), np.array([1, 2], dtype=np.uint64))
     assert dedup.keep_mask().tolist() == [True, True]
 
