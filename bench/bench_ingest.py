@@ -223,6 +223,9 @@ def measure(contender: str, input_path: Path, lines: int, out_dir: Path, env: di
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", contender, str(input_path), str(out_dir)]
     peak = 0
     done = threading.Event()
+    # The previous contender's files are still being written back to disk: let that
+    # finish first, or it slows whichever contender runs next.
+    os.sync()
     with tempfile.TemporaryFile("w+") as stdout:
         start = time.perf_counter()
         child = subprocess.Popen(command, env=env, stdout=stdout)

@@ -27,12 +27,13 @@ class ExactDeduplicator:
     Args:
         n_buckets: hash partitions spilled to disk (a power of two).
         work_dir: where the partitions are written (a temporary folder by default).
-        memory_rows: up to this many rows the hashes stay in memory (24 bytes a row)
-            and are deduplicated in one step; past it they go to the partitions on
-            disk. Same mask either way.
+        memory_rows: up to this many rows the hashes stay in memory (24 bytes a row,
+            a few MiB with the hash table) and are deduplicated in one step, with no
+            partition files; past it they go to the partitions on disk, so memory
+            does not grow with the dataset. Same mask either way.
     """
 
-    def __init__(self, n_buckets: int = 64, work_dir: str | Path | None = None, memory_rows: int = 1_000_000) -> None:
+    def __init__(self, n_buckets: int = 64, work_dir: str | Path | None = None, memory_rows: int = 100_000) -> None:
         if n_buckets < 1 or n_buckets & (n_buckets - 1):
             raise ValueError(f"n_buckets must be a power of two, got {n_buckets}")
         self.n_buckets = n_buckets

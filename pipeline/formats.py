@@ -678,10 +678,14 @@ def read_jsonl(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.D
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     fast = _PolarsFastPath.for_schema(schema)
     with contextlib.closing(line_chunks(path, ctx)) as chunks:
-        # polars parses one chunk on one thread (releasing the GIL): several chunks
-        # are parsed at once while this thread cuts the next ones. Results come back
-        # in order; chunks the fast path refuses are read strictly, here, in order.
-        parsed = ordered_map(fast.read, chunks) if fast is not None else ((c, None) for c in chunks)
+        # polars parses a chunk releasing the GIL: several chunks are parsed at once
+        # while this thread cuts the next ones and its caller cleans the rows. One
+        # worker more than polars has threads, so a chunk is always being parsed while
+        # this thread is busy (measured: about 4 % less wall time than as many).
+        # Results come back in order; chunks the fast path refuses are read strictly,
+        # here, in order.
+        workers = pl.thread_pool_size() + 1
+        parsed = ordered_map(fast.read, chunks, workers) if fast is not None else ((c, None) for c in chunks)
         for chunk, frame in parsed:
             if frame is not None:
                 yield frame

@@ -100,6 +100,10 @@ class ShardWriter:
     """
 
     ROW_GROUP_ROWS = 100_000
+    # Columns of few distinct values get a dictionary. Texts and ids are mostly
+    # distinct: a dictionary there costs a third of the encoding time and, under
+    # zstd, makes the shard about a quarter larger (measured on SNLI pairs).
+    DICTIONARY_COLUMNS = ("source_file",)
     _IN_FLIGHT = 2
 
     def __init__(
@@ -196,7 +200,8 @@ class ShardWriter:
             _, path = self._shard_path(len(self.shards))
             self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             self._writer = pq.ParquetWriter(
-                self._tmp, self.schema, compression="zstd", write_statistics=True, store_schema=True
+                self._tmp, self.schema, compression="zstd", write_statistics=True, store_schema=True,
+                use_dictionary=[c for c in self.DICTIONARY_COLUMNS if c in self.schema.names],
             )
         # One chunk per column: the pages then do not depend on the batches rows came in.
         self._writer.write_table(head.combine_chunks(), row_group_size=head.num_rows)
