@@ -33,6 +33,11 @@ Usage::
     .venv/bin/python bench/bench_ingest.py                 # 2,000,000 lines (~2 GB)
     .venv/bin/python bench/bench_ingest.py --quick         # 200,000 lines, a smoke run
     .venv/bin/python bench/bench_ingest.py --lines 5000000 --work-dir /data/bench
+    .venv/bin/python bench/bench_ingest.py --rounds 5 --skip pairforge-all datasets  # paired medians
+
+Each contender starts after an ``os.sync()`` (the previous one's files must not be
+written back while it runs). ``--rounds N`` runs them N times, in turn, and reports
+medians: on a shared machine whose speed drifts, that pairs the runs up.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -265,6 +271,19 @@ def _worker_main(contender: str, input_path: Path, out_dir: Path) -> None:
     print(json.dumps({"rows_out": WORKERS[contender](input_path, out_dir)}))
 
 
+def median_run(measurements: list[Measurement]) -> Measurement:
+    """One contender's rounds as one row: median wall and CPU time, the highest peak."""
+    first = measurements[0]
+    return Measurement(
+        first.contender,
+        first.lines,
+        statistics.median(m.seconds for m in measurements),
+        statistics.median(m.cpu_seconds for m in measurements),
+        max(m.peak_mib for m in measurements),
+        first.rows_out,
+    )
+
+
 # --- the report --------------------------------------------------------------------
 def report(results: list[Measurement], small_runs: list[Measurement]) -> tuple[str, bool]:
     """The table, the ratios and the verdicts; True when every target is met."""
@@ -313,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, help="where inputs and outputs go (default: a temporary folder)")
     parser.add_argument("--keep-inputs", action="store_true", help="keep the generated inputs in --work-dir")
     parser.add_argument("--skip", nargs="*", default=[], choices=["pairforge-all", "polars", "datasets"], help="contenders to leave out")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run the contenders this many times, one after the other in each round, and report the medians"
+        " (this machine's speed drifts between runs; rounds pair them up)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--worker", nargs=3, metavar=("CONTENDER", "INPUT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -320,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         _worker_main(args.worker[0], Path(args.worker[1]), Path(args.worker[2]))
         return 0
 
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     lines = QUICK_LINES if args.quick else args.lines
     small_lines = lines // MEMORY_GROWTH_FACTOR
     if not args.sample.is_file():
@@ -339,12 +365,18 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         _count_lines(big)  # read once so every contender finds it in the page cache
-        results = []
-        for contender in ["pairforge", "pairforge-all", "polars", "datasets"]:
-            if contender in args.skip:
-                continue
-            print(f"running {contender} on {lines:,} lines ...", flush=True)
-            results.append(measure(contender, big, lines, work / f"out-{contender}", env))
+        runs: dict[str, list[Measurement]] = {}
+        for round_ in range(args.rounds):
+            for contender in ["pairforge", "pairforge-all", "polars", "datasets"]:
+                if contender in args.skip:
+                    continue
+                label = f" (round {round_ + 1} of {args.rounds})" if args.rounds > 1 else ""
+                print(f"running {contender} on {lines:,} lines{label} ...", flush=True)
+                runs.setdefault(contender, []).append(measure(contender, big, lines, work / f"out-{contender}", env))
+        results = [median_run(measurements) for measurements in runs.values()]
+        if args.rounds > 1:
+            for name, measurements in runs.items():
+                print(f"  {name}: {' '.join(f'{m.seconds:.2f}' for m in measurements)} s")
         small_runs = []
         for contender in ["pairforge", "pairforge-all"]:
             if contender not in args.skip:

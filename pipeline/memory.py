@@ -1,7 +1,9 @@
 """Give freed heap memory back to the operating system, on glibc.
 
 In: nothing. Out: :func:`release_free_memory`, called between batches by the
-stages that stream large inputs.
+stages that stream large inputs, and :func:`heap_reused_while_streaming`, around
+ingest's reading of a file (its chunks reuse freed heap instead of faulting in fresh
+pages; see there).
 
 Why: glibc's malloc raises its mmap threshold as large blocks are freed (up to 32
 MiB), so the 16 MiB text chunks and the batches that follow them end up on the heap,
