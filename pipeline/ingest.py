@@ -268,7 +268,8 @@ def stage_file(
             hashing.shutdown()
         if digest is not None:
             sha256 = digest.result()
-            # None: the source did not read the file once and whole through ctx.open.
+            # None: the source did not read the file once and whole through its context
+            # (ctx.open, or formats.line_chunks): hash it on its own.
             entry = {"path": str(path), "bytes": digest.bytes, "sha256": sha256} if sha256 else input_entry(source, Path(path))
     assert entry is not None
     if writer.files():
