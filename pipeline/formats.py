@@ -98,9 +98,13 @@ class ReadContext:
         )
 
 
+_ZSTD_SUFFIXES = (".zst", ".zstd")
+_GZIP_SUFFIXES = (".gz",)
+
+
 def is_compressed(path: Path) -> bool:
     """Whether :func:`open_decompressed` decompresses ``path`` (by its name)."""
-    return path.name.lower().endswith((".zst", ".zstd", ".gz"))
+    return path.name.lower().endswith(_ZSTD_SUFFIXES + _GZIP_SUFFIXES)
 
 
 def open_decompressed(path: Path, digest: "InputDigest | None" = None) -> BinaryIO:
@@ -111,9 +115,9 @@ def open_decompressed(path: Path, digest: "InputDigest | None" = None) -> Binary
     (see :class:`InputDigest`); a compressed file ignores it.
     """
     name = path.name.lower()
-    if name.endswith((".zst", ".zstd")):
+    if name.endswith(_ZSTD_SUFFIXES):
         return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 20)
-    if name.endswith(".gz"):
+    if name.endswith(_GZIP_SUFFIXES):
         return io.BufferedReader(_GzipChecked(path), buffer_size=1 << 20)
     handle = open(path, "rb")
     return digest.reading(handle) if digest is not None else handle

@@ -183,9 +183,11 @@ def stage_file(
     ``parts/<dataset>/`` and :func:`finalize_source` only merges the parts. The rows
     themselves are spilled only when a dataset still needs them (a join).
 
-    ``entry`` is the input's ``{path, bytes, sha256}`` when the caller has it already;
-    otherwise the file is hashed in a background thread while it is read (hashlib
-    releases the GIL, so the hash costs almost no wall time on a second core).
+    ``entry`` is the input's ``{path, bytes, sha256}`` when the caller has it already.
+    Otherwise a plain file is hashed from the blocks its reader reads
+    (:class:`pipeline.formats.InputDigest`, no second read), and any other input (a
+    compressed file, a set of companion files) in a background thread while it is read
+    (hashlib releases the GIL, so the hash costs almost no wall time on a second core).
     """
     module = get_source(source)
     options = source_options(source, config.source_options)
@@ -479,8 +481,8 @@ def finalize_source(
         bar.close()
 
     def build_partitioned(builder: _DatasetBuilder) -> None:
-        # Partitions are independent: two are joined and cleaned at once on worker
-        # threads, and taken in order here.
+        # Partitions are independent: several are joined and cleaned at once on worker
+        # threads (_join_workers), and taken in order here.
         def join_and_clean(part: pl.DataFrame) -> _CleanedBatch:
             return builder.cleaned.clean(module.build_candidates(part.lazy(), options)[builder.spec.name].collect())
 

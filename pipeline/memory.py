@@ -62,7 +62,7 @@ def heap_reused_while_streaming(keep_bytes: int = 128 << 20) -> Iterator[None]:
     A streaming reader allocates and frees a 16 MiB chunk (and a few copies of it) per
     step. With glibc's defaults each one is either a fresh ``mmap`` or lands at the top
     of the heap and is trimmed on free: either way the next chunk faults its pages in
-    again, which cost about a tenth of ingest's CPU time. Inside this block allocations
+    again (in ingest of a 1.86 GiB file: 460,000 page faults, 175,000 inside this). Inside this block allocations
     under 32 MiB come from the heap (the ceiling glibc's own adaptive threshold reaches)
     and up to ``keep_bytes`` of free memory stays on top of it for the next chunk;
     afterwards the trim threshold is glibc's default again and the free pages are

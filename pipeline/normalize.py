@@ -23,7 +23,7 @@ import html
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import polars as pl
 
@@ -211,12 +211,10 @@ def clean_and_filter(frame: pl.DataFrame, filters: TextFilters) -> pl.DataFrame:
             ((pl.col("negative") == pl.col("anchor")) | (pl.col("negative") == pl.col("positive")),
              "negative_equals_anchor_or_positive")
         )
-    first_rule: Any = pl
-    for condition, reason in rules:
-        first_rule = first_rule.when(condition.fill_null(False)).then(pl.lit(reason))
-    reason = first_rule.otherwise(pl.lit(None, dtype=pl.String))
+    # A rule's when/then is null where it does not fire: the first non-null wins.
+    fired = [pl.when(condition.fill_null(False)).then(pl.lit(reason)) for condition, reason in rules]
     return (
         frame.with_columns(pl.col(c).str.len_chars().alias(n) for c, n in zip(texts, lengths))
-        .with_columns(pl.coalesce(pl.col("drop_reason"), reason).alias("drop_reason"))
+        .with_columns(pl.coalesce(pl.col("drop_reason"), *fired).alias("drop_reason"))
         .drop(lengths)
     )

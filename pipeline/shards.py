@@ -127,7 +127,6 @@ class ShardWriter:
         self._shard_rows = 0  # rows of the current shard, handed to the writing side
         # The writing side (this thread, or the background one): the open shard file.
         self._writer: pq.ParquetWriter | None = None
-        self._file_rows = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairforge-shards") if background else None
         self._in_flight: deque[Future[None]] = deque()
         (self.folder / prefix).mkdir(parents=True, exist_ok=True)
@@ -149,7 +148,7 @@ class ShardWriter:
         while self._pending_rows > 0:
             self._write_group(min(self._pending_rows, self._next_group_rows()))
         if self._shard_rows:
-            self._run(self._close_file)
+            self._run(self._close_file, self._shard_rows)
             self._shard_rows = 0
         while self._in_flight:
             self._in_flight.popleft().result()
@@ -183,7 +182,7 @@ class ShardWriter:
         self._run(self._put_group, head)
         self._shard_rows += n_rows
         if self._shard_rows >= self.rows_per_shard:
-            self._run(self._close_file)
+            self._run(self._close_file, self._shard_rows)
             self._shard_rows = 0
 
     def _run(self, step: Callable[..., None], *args: Any) -> None:
@@ -205,16 +204,14 @@ class ShardWriter:
             )
         # One chunk per column: the pages then do not depend on the batches rows came in.
         self._writer.write_table(head.combine_chunks(), row_group_size=head.num_rows)
-        self._file_rows += head.num_rows
 
-    def _close_file(self) -> None:
+    def _close_file(self, rows: int) -> None:
         assert self._writer is not None
         self._writer.close()
         relative, path = self._shard_path(len(self.shards))
         os.replace(self._tmp, path)
-        self.shards.append(ShardInfo(relative, self._file_rows, file_sha256(path)))
+        self.shards.append(ShardInfo(relative, rows, file_sha256(path)))
         self._writer = None
-        self._file_rows = 0
 
 
 def remove_stale_shards(folder: Path) -> None:
