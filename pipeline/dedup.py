@@ -119,22 +119,35 @@ def partition_first_rows(path: str | Path) -> np.ndarray:
 
 
 def first_occurrences(records: np.ndarray) -> np.ndarray:
-    """Row numbers of the first occurrence of each (h1, h2) in one partition."""
+    """Row numbers of the first occurrence of each (h1, h2) in one partition (in no
+    particular order).
+
+    A sort of ``h1`` alone finds the values that occur more than once (usually none:
+    then every row is a first occurrence); only the records sharing an ``h1`` are
+    ranked by (h1, h2, row), the costly sort, to keep the earliest row of each key.
+    """
     if len(records) == 0:
         return np.empty(0, dtype=np.int64)
-    order = np.lexsort((records["row"], records["h2"], records["h1"]))
-    ranked = _gather(records, order)
+    h1 = records["h1"]
+    ordered = np.sort(h1)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if not len(repeated):
+        return records["row"].copy()
+    shared = repeated[np.minimum(np.searchsorted(repeated, h1), len(repeated) - 1)] == h1
+    sharing = records[shared]
+    ranked = _gather(sharing, np.lexsort((sharing["row"], sharing["h2"], sharing["h1"])))
     new_key = np.ones(len(ranked), dtype=bool)
     new_key[1:] = (ranked["h1"][1:] != ranked["h1"][:-1]) | (ranked["h2"][1:] != ranked["h2"][:-1])
-    return ranked["row"][new_key]
+    return np.concatenate([records["row"][~shared], ranked["row"][new_key]])
 
 
 def _gather(records: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``records[order]``, done on a plain (rows, 3) uint64 view of the same bytes:
+    """``records[order]``, taken from a plain (rows, 3) uint64 view of the same bytes:
     numpy's gather of a structured dtype goes field by field, element by element,
-    about ten times slower."""
+    and ``take`` of whole rows is faster again than fancy indexing (measured on
+    671,835 records: 17 ms against 62)."""
     plain = np.ascontiguousarray(records).view(np.uint64).reshape(len(records), 3)
-    return np.ascontiguousarray(plain[order]).view(_ROW_DTYPE).reshape(len(order))
+    return np.take(plain, order, axis=0).view(_ROW_DTYPE).reshape(len(order))
 
 
 class NearDuplicateFilter:

@@ -50,6 +50,7 @@ STAGED_PARTS = "parts"
 _PART_KEPT = "kept"
 _PART_HASHES = "hashes.npy"
 _PART_TALLY = "part.json"
+_HELDOUT = "_heldout"  # kept rows carry their split until the shards are written
 _HASH_SEEDS = (0x5EED_0001, 0x5EED_0002)
 # At most this many partitions (or streamed batches) are joined and cleaned at once
 # (fewer when polars has fewer threads); ordered_map holds twice as many in memory.
@@ -200,7 +201,7 @@ def stage_file(
     if in_stage:
         stage_config.update(
             parts=[spec.name for spec in in_stage], rows=write_rows, filters=dataclasses.asdict(config.filters),
-            dedup=config.dedup,
+            dedup=config.dedup, heldout_fraction=config.heldout_fraction,
         )
     folder = Path(work_dir) / f"{file_index:05d}"
     marker = folder / "stage.json"
@@ -606,6 +607,7 @@ class _KeptRows:
         self.config = config
         self.texts = ["anchor", "positive"] + (["negative"] if spec.with_negative else [])
         self.kept_columns = self.texts + ["id", "source_file", "source_line"]
+        self.fraction = config.heldout_fraction
         self.part_dir = part_dir
         self.kept = spill.FrameFiles(kept_dir, fresh=True)
         self.dropped = shard_io.DropTally()
@@ -631,6 +633,9 @@ class _KeptRows:
         kept = frame.filter(pl.col("drop_reason").is_null()).select(self.kept_columns)
         if not kept.height:
             return _CleanedBatch(rows, dropped, None, None)
+        # Which split a row goes to depends on its id alone: decided here, where the
+        # rows are cleaned (while the input is still being read), not when shards are written.
+        kept = kept.with_columns(pl.Series(_HELDOUT, heldout_mask(kept.get_column("id"), self.fraction)))
         return _CleanedBatch(rows, dropped, kept, _row_hashes(kept, self.texts) if self.config.dedup else None)
 
     def record(self, batch: "_CleanedBatch") -> tuple[np.ndarray, np.ndarray] | None:
@@ -753,7 +758,8 @@ class _DatasetBuilder:
                 mask = near_filter.keep([f"{a} {p}" for a, p in zip(frame["anchor"], frame["positive"])])
                 self.dropped.add("near_duplicate", int((~mask).sum()))
                 frame = frame.filter(pl.Series(mask))
-            is_heldout = pl.Series(heldout_mask(frame.get_column("id"), config.heldout_fraction))
+            is_heldout = frame.get_column(_HELDOUT)
+            frame = frame.drop(_HELDOUT)
             train.write(frame.filter(~is_heldout).to_arrow())
             heldout.write(frame.filter(is_heldout).to_arrow())
             release_free_memory()
