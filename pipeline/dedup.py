@@ -19,6 +19,7 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 import numpy as np
 
 _ROW_DTYPE = np.dtype([("h1", "<u8"), ("h2", "<u8"), ("row", "<i8")])
+_BLOCK_ROWS = 1 << 16
 
 
 class ExactDeduplicator:
@@ -47,6 +48,13 @@ class ExactDeduplicator:
 
     def add(self, h1: np.ndarray, h2: np.ndarray) -> None:
         """Add the hashes of the next rows, in row order."""
+        # A block at a time: the temporaries of one block are reused by the next,
+        # where one array the size of the whole would fault in fresh pages (about as
+        # costly as the sorting here).
+        for start in range(0, len(h1), _BLOCK_ROWS):
+            self._add_block(h1[start : start + _BLOCK_ROWS], h2[start : start + _BLOCK_ROWS])
+
+    def _add_block(self, h1: np.ndarray, h2: np.ndarray) -> None:
         n = len(h1)
         records = np.empty(n, dtype=_ROW_DTYPE)
         records["h1"] = h1

@@ -29,6 +29,7 @@ Every source module defines:
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -67,21 +68,9 @@ class DatasetSpec:
     streamed: bool = False
 
 
-# Imported after DatasetSpec: the source modules use it.
-from pipeline.sources import nli  # noqa: E402
-from pipeline.sources import s2orc  # noqa: E402
-from pipeline.sources import specter  # noqa: E402
-from pipeline.sources import reddit  # noqa: E402
-from pipeline.sources import pairs, qqp  # noqa: E402
-
-SOURCES: dict[str, ModuleType] = {
-    "nli": nli,
-    "s2orc": s2orc,
-    "specter": specter,
-    "reddit": reddit,
-    "qqp": qqp,
-    "pairs": pairs,
-}
+# Each source's module, imported when the source is first asked for: a command loads
+# only the parsers of the source it reads.
+SOURCES: tuple[str, ...] = ("nli", "pairs", "qqp", "reddit", "s2orc", "specter")
 
 
 def get_source(name: str) -> ModuleType:
@@ -90,7 +79,6 @@ def get_source(name: str) -> ModuleType:
     Raises:
         ValueError: no such source (the message lists the known ones).
     """
-    try:
-        return SOURCES[name]
-    except KeyError:
-        raise ValueError(f"unknown source {name!r}; known sources: {', '.join(sorted(SOURCES))}") from None
+    if name not in SOURCES:
+        raise ValueError(f"unknown source {name!r}; known sources: {', '.join(SOURCES)}")
+    return importlib.import_module(f"pipeline.sources.{name}")
