@@ -124,7 +124,12 @@ def _label_reason() -> pl.Expr:
 
 def build_candidates(staged: pl.LazyFrame, options: Options) -> dict[str, pl.LazyFrame]:
     rows = staged.with_columns(
-        pl.coalesce(pl.col("pair_id"), pl.format("{}:{}", pl.col("source_file"), pl.col("_line"))).alias("id"),
+        # file:line only where a line has no pairID: a when/then is skipped where it never
+        # fires (a coalesce would format an id for every line).
+        pl.when(pl.col("pair_id").is_null())
+        .then(pl.format("{}:{}", pl.col("source_file"), pl.col("_line")))
+        .otherwise(pl.col("pair_id"))
+        .alias("id"),
         pl.col("_line").alias("source_line"),
         _label_reason().alias("drop_reason"),
     )
