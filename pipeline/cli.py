@@ -11,10 +11,11 @@ stays fast).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
+
+from pipeline.memory import configure_polars_allocator
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -332,26 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# polars' allocator (jemalloc) hands pages it freed back to the kernel as they age,
-# from a background thread; a batch job that frees and reallocates chunk after chunk
-# then pays for the returns, the TLB shootdowns they cause and the page faults that
-# fetch zeroed pages again. Pages freed stay for reuse a minute instead (what is still
-# free then is returned). Measured on ingest of 2,000,000 SNLI lines: 5-7 % less wall
-# time, peak memory unchanged (docs/bench-ingest.md). A value the user set wins.
-POLARS_ALLOCATOR_CONFIG = ("_RJEM_MALLOC_CONF", "dirty_decay_ms:60000,muzzy_decay_ms:60000")
-
-
-def _configure_polars_allocator() -> None:
-    """Set :data:`POLARS_ALLOCATOR_CONFIG` unless set already; it takes effect only
-    before polars is first imported (its allocator reads it once)."""
-    name, value = POLARS_ALLOCATOR_CONFIG
-    if "polars" not in sys.modules:
-        os.environ.setdefault(name, value)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pairforge`` console script."""
-    _configure_polars_allocator()
+    configure_polars_allocator()
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -46,3 +46,31 @@ def test_near_duplicates_are_dropped_and_distinct_texts_kept() -> None:
     assert mask.tolist() == [True, False]
     # State carries across calls: a later batch is checked against earlier ones.
     assert NearDuplicateFilter(threshold=0.8).keep(texts).tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize("memory_rows", [0, 100_000], ids=["spilled", "in-memory"])
+def test_first_hash_collisions_and_large_batches_match_a_set(memory_rows: int) -> None:
+    # Few distinct first halves (many 64-bit "collisions" with different second halves),
+    # repeats in both halves, and a batch larger than the block add() cuts it into.
+    rng = np.random.default_rng(7)
+    n = 150_000
+    h1 = rng.integers(0, 40, size=n).astype(np.uint64) << np.uint64(58)
+    h2 = rng.integers(0, 2_000, size=n).astype(np.uint64)
+    dedup = ExactDeduplicator(n_buckets=8, memory_rows=memory_rows)
+    dedup.add(h1[:140_000], h2[:140_000])
+    dedup.add(h1[140_000:], h2[140_000:])
+    seen: set[tuple[int, int]] = set()
+    expected = np.zeros(n, dtype=bool)
+    for i, key in enumerate(zip(h1.tolist(), h2.tolist())):
+        if key not in seen:
+            seen.add(key)
+            expected[i] = True
+    keep = dedup.keep_mask()
+    assert 0 < expected.sum() < n
+    assert (keep == expected).all()
+
+
+def test_a_partition_without_repeats_keeps_every_row() -> None:
+    dedup = ExactDeduplicator(n_buckets=1, memory_rows=0)
+    dedup.add(np.arange(1_000, dtype=np.uint64), np.zeros(1_000, dtype=np.uint64))
+    assert dedup.keep_mask().all()

@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from pipeline.cli import main as cli_main
-from pipeline.ingest import IngestConfig, heldout_mask, ingest
+from pipeline.ingest import IngestConfig, finalize_source, heldout_mask, ingest, stage_file
 from pipeline.shards import check_accounting, read_manifest
 
 GOOD = {"sentence1": "A man plays a guitar on stage.", "sentence2": "A person makes music.", "gold_label": "entailment", "pairID": "p"}
@@ -150,6 +150,23 @@ def test_a_changed_input_is_rebuilt(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(snli_line(i) for i in range(12)))
     result = ingest("nli", [path], tmp_path / "out", progress=False)
     assert not result.skipped and result.manifests[0]["rows_read"] == 12
+
+
+def test_a_changed_heldout_fraction_resplits_rows_cleaned_while_staging(tmp_path: Path) -> None:
+    # The split is decided when rows are cleaned (while the file is staged): a staged
+    # file must not be reused under another fraction.
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"\n".join(snli_line(i) for i in range(400)))
+    work = tmp_path / "work"
+    first = stage_file("nli", path, work, IngestConfig(heldout_fraction=0.05), 0, inputs=[path])
+    first_hash = json.loads((first / "stage.json").read_text())["stage_hash"]
+    config = IngestConfig(heldout_fraction=0.5)
+    again = stage_file("nli", path, work, config, 0, inputs=[path])
+    assert json.loads((again / "stage.json").read_text())["stage_hash"] != first_hash
+    rebuilt = finalize_source("nli", [again], [path], tmp_path / "out", config, progress=False)[0]
+    fresh = ingest("nli", [path], tmp_path / "fresh", config, progress=False).manifests[0]
+    assert rebuilt["rows_heldout"] == fresh["rows_heldout"] > 100
+    assert tree_hashes(tmp_path / "out" / "nli-pairs") == tree_hashes(tmp_path / "fresh" / "nli-pairs")
 
 
 def test_heldout_split_is_a_pure_function_of_the_id() -> None:
@@ -307,3 +324,21 @@ def test_datasets_option_builds_only_the_named_ones(tmp_path: Path, shared_data:
     assert not (stage.folder / "rows").exists()
     with pytest.raises(ValueError, match=r"no dataset nli-pair .*nli-pairs, nli-triplets"):
         ingest("nli", [path], tmp_path / "bad", IngestConfig(datasets=("nli-pair",)), progress=False)
+
+
+def test_the_cli_sets_polars_allocator_unless_the_user_did() -> None:
+    script = (
+        "import os, sys\n"
+        "from pipeline.memory import configure_polars_allocator\n"
+        "configure_polars_allocator()\n"
+        "import polars\n"
+        "print(os.environ['_RJEM_MALLOC_CONF'])\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "_RJEM_MALLOC_CONF"}
+    # polars puts its own defaults first on import; in jemalloc's list the last value wins.
+    ours = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert ours.stdout.strip().endswith(",dirty_decay_ms:60000,muzzy_decay_ms:60000")
+    users = subprocess.run(
+        [sys.executable, "-c", script], env={**env, "_RJEM_MALLOC_CONF": "narenas:2"}, capture_output=True, text=True, check=True
+    )
+    assert users.stdout.strip().endswith(",narenas:2") and "60000" not in users.stdout
