@@ -38,7 +38,9 @@ import polars as pl
 from pipeline import shards as shard_io
 from pipeline import spill
 from pipeline.dedup import ExactDeduplicator, NearDuplicateFilter
-from pipeline.formats import DEFAULT_MAX_LINE_BYTES, InputDigest, InputFileError, ReadContext, is_compressed, ordered_map
+from pipeline.formats import (
+    DEFAULT_MAX_LINE_BYTES, InputDigest, InputFileError, ReadContext, WholeFileReadFailed, is_compressed, ordered_map,
+)
 from pipeline.memory import heap_reused_while_streaming, release_free_memory
 from pipeline.normalize import TextFilters, clean_and_filter, set_reason
 from pipeline.records import arrow_schema, shard_columns
@@ -216,64 +218,37 @@ def stage_file(
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     hashing = None
-    digest = None
-    if entry is None and _is_one_plain_file(module, Path(path)):
-        digest = InputDigest(Path(path))  # hashed from the blocks the reader reads
-    elif entry is None:
+    if entry is None and not _is_one_plain_file(module, Path(path)):
         hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairforge-hash")
         entry_future = hashing.submit(input_entry, source, Path(path))
-    ctx = ReadContext(
-        path=Path(path), display_name=str(path), file_index=file_index, max_line_bytes=config.max_line_bytes,
-        input_digest=digest,
-    )
-    rows = 0
-    failure = None
     tmp_rows = folder / ".rows.tmp"
     tmp_parts = folder / ".parts.tmp"
-    writer = spill.FrameFiles(tmp_rows)
-    parts = [_KeptRows(spec, config, tmp_parts / spec.name / _PART_KEPT, tmp_parts / spec.name) for spec in in_stage]
-    pending: list[pl.DataFrame] = []
-    pending_rows = 0
-
-    def flush() -> None:
-        # Batches of about spill.BATCH_ROWS rows, one file each: finalize reads them back
-        # without concatenating.
-        nonlocal pending, pending_rows
-        if not pending:
-            return
-        frame = spill.concat(pending).with_columns(
-            pl.lit(file_index, dtype=pl.Int64).alias("_file_index"), pl.lit(str(path)).alias("source_file")
+    # First with the one-pass reader where a source offers it; if that meets a line it
+    # leaves to the chunked readers, the file is read again from the start.
+    for whole_file in (True, False):
+        # A plain file is hashed from the blocks its reader reads (InputDigest).
+        digest = InputDigest(Path(path)) if entry is None and hashing is None else None
+        ctx = ReadContext(
+            path=Path(path), display_name=str(path), file_index=file_index, max_line_bytes=config.max_line_bytes,
+            input_digest=digest, whole_file=whole_file,
         )
-        pending, pending_rows = [], 0
-        if write_rows:
-            writer.write(frame)
-        if parts:
-            candidates = module.build_candidates(frame.lazy(), options)
-            for part in parts:
-                lazy = candidates.get(part.spec.name)
-                if lazy is not None:
-                    part.add_and_keep_hashes(lazy.collect())
-
-    try:
-        with heap_reused_while_streaming():
-            for batch in module.stage_file(Path(path), ctx, options):
-                pending.append(batch)
-                pending_rows += batch.height
-                rows += batch.height
-                if pending_rows >= spill.BATCH_ROWS:
-                    flush()
-    except InputFileError as exc:
-        failure = str(exc)
-    finally:
-        flush()
-        if hashing is not None:
-            entry = entry_future.result()
-            hashing.shutdown()
-        if digest is not None:
-            sha256 = digest.result()
-            # None: the source did not read the file once and whole through its context
-            # (ctx.open, or formats.line_chunks): hash it on its own.
-            entry = {"path": str(path), "bytes": digest.bytes, "sha256": sha256} if sha256 else input_entry(source, Path(path))
+        for tmp in (tmp_rows, tmp_parts):
+            shutil.rmtree(tmp, ignore_errors=True)
+        writer = spill.FrameFiles(tmp_rows)
+        parts = [_KeptRows(spec, config, tmp_parts / spec.name / _PART_KEPT, tmp_parts / spec.name) for spec in in_stage]
+        try:
+            rows, failure = _stage_rows(module, options, Path(path), ctx, file_index, writer if write_rows else None, parts)
+            break
+        except WholeFileReadFailed:
+            continue
+    if hashing is not None:
+        entry = entry_future.result()
+        hashing.shutdown()
+    if digest is not None:
+        sha256 = digest.result()
+        # None: the source did not read the file once and whole through its context
+        # (ctx.open, or formats.line_chunks): hash it on its own.
+        entry = {"path": str(path), "bytes": digest.bytes, "sha256": sha256} if sha256 else input_entry(source, Path(path))
     assert entry is not None
     if writer.files():
         os.replace(tmp_rows, folder / STAGED_ROWS)
@@ -302,6 +277,59 @@ def stage_file(
         },
     )
     return folder
+
+
+def _stage_rows(
+    module: Any,
+    options: Any,
+    path: Path,
+    ctx: ReadContext,
+    file_index: int,
+    writer: spill.FrameFiles | None,
+    parts: list["_KeptRows"],
+) -> tuple[int, str | None]:
+    """Read one input with its source: spill its rows to ``writer`` and clean the
+    row-local datasets' ``parts``, in batches of about ``spill.BATCH_ROWS`` rows.
+    Returns the rows read and the failure (a truncated or corrupt archive), if any.
+
+    Raises:
+        WholeFileReadFailed: the one-pass reader gave up (``ctx.whole_file``).
+    """
+    rows = 0
+    failure = None
+    pending: list[pl.DataFrame] = []
+    pending_rows = 0
+
+    def flush() -> None:
+        # One file per batch: finalize reads them back without concatenating.
+        nonlocal pending, pending_rows
+        if not pending:
+            return
+        frame = spill.concat(pending).with_columns(
+            pl.lit(file_index, dtype=pl.Int64).alias("_file_index"), pl.lit(str(path)).alias("source_file")
+        )
+        pending, pending_rows = [], 0
+        if writer is not None:
+            writer.write(frame)
+        if parts:
+            candidates = module.build_candidates(frame.lazy(), options)
+            for part in parts:
+                lazy = candidates.get(part.spec.name)
+                if lazy is not None:
+                    part.add_and_keep_hashes(lazy.collect())
+
+    try:
+        with heap_reused_while_streaming():
+            for batch in module.stage_file(path, ctx, options):
+                pending.append(batch)
+                pending_rows += batch.height
+                rows += batch.height
+                if pending_rows >= spill.BATCH_ROWS:
+                    flush()
+    except InputFileError as exc:
+        failure = str(exc)
+    flush()
+    return rows, failure
 
 
 def _stage_hash(entry: dict[str, Any], stage_config: dict[str, Any], file_index: int) -> str:

@@ -132,3 +132,91 @@ def test_staging_hashes_an_input_once_from_its_own_reads(tmp_path: Path, monkeyp
         folder = ingest_module.stage_file(source, path, tmp_path / "work" / source, ingest_module.IngestConfig(), 0)
         entry = ingest_module.read_stage(folder).input
         assert entry == {"path": str(path), "bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+# --- the one-pass (DuckDB) JSON-lines reader ------------------------------------------
+SCHEMA = __import__("pyarrow").schema([("s1", __import__("pyarrow").string()), ("s2", __import__("pyarrow").string())])
+
+
+def _rows(path: Path, whole_file: bool, max_line_bytes: int = 1 << 20):
+    import polars as pl
+
+    ctx = ReadContext(path=path, display_name=str(path), whole_file=whole_file, max_line_bytes=max_line_bytes,
+                      input_digest=InputDigest(path))
+    frames = list(formats.read_jsonl(path, SCHEMA, ctx))
+    rows = pl.concat(frames) if frames else None
+    return rows, ctx
+
+
+def _good_lines(n: int) -> bytes:
+    return b"".join(json.dumps({"s1": f"premise {i} caf\u00e9 \"q\"", "s2": f"hyp {i}\n", "x": [i]}).encode() + b"\n" for i in range(n))
+
+
+def test_the_one_pass_reader_gives_the_chunked_readers_rows(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "clean.jsonl"
+    path.write_bytes(_good_lines(300) + b'{"s1": null}\n{"s2": "only"}')  # nulls, a missing field, no final newline
+    chunked, chunked_ctx = _rows(path, whole_file=False)
+    used = []
+    original = formats._whole_file_rows
+    monkeypatch.setattr(formats, "_whole_file_rows", lambda *a: used.append(1) or original(*a))
+    monkeypatch.setattr(formats, "_WHOLE_FILE_BATCH_ROWS", 64)
+    whole, whole_ctx = _rows(path, whole_file=True)
+    assert used and whole.equals(chunked) and whole.height == 302
+    assert whole.get_column("_line").to_list() == list(range(1, 303))
+    assert whole_ctx.lines_seen == chunked_ctx.lines_seen == 302
+    assert whole_ctx.input_digest.result() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xef\xbb\xbf" + _good_lines(3), b"", _good_lines(2) + json.dumps({"s1": "x" * 3000}).encode() + b"\n"],
+    ids=["bom", "empty", "line-over-the-bound"],
+)
+def test_files_the_one_pass_reader_declines_go_to_the_chunked_readers(tmp_path: Path, monkeypatch, content: bytes) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(content)
+    monkeypatch.setattr(formats, "_whole_file_rows", lambda *a: pytest.fail("the one-pass reader was used"))
+    whole, ctx = _rows(path, whole_file=True, max_line_bytes=2000)
+    chunked, chunked_ctx = _rows(path, whole_file=False, max_line_bytes=2000)
+    assert (whole is None and chunked is None) or whole.equals(chunked)
+    assert ctx.quarantine == chunked_ctx.quarantine
+
+
+LATE_PROBLEMS = {
+    "blank_line": b"\n",
+    "malformed": b'{"s1": "broken\n',
+    "number_for_a_string": b'{"s1": 42, "s2": "x"}\n',
+    "list_for_a_string": b'{"s1": ["a"], "s2": "x"}\n',
+    "invalid_utf8": b'{"s1": "caf\xe9", "s2": "x"}\n',
+    "not_an_object": b'["s1", "s2"]\n',
+}
+
+
+@pytest.mark.parametrize("problem", sorted(LATE_PROBLEMS))
+def test_the_one_pass_reader_gives_up_on_a_bad_line(tmp_path: Path, monkeypatch, problem: str) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(_good_lines(200) + LATE_PROBLEMS[problem] + _good_lines(5))
+    monkeypatch.setattr(formats, "_WHOLE_FILE_BATCH_ROWS", 16)
+    ctx = ReadContext(path=path, display_name=str(path), whole_file=True)
+    # DuckDB stops at a bad line as soon as it parses it (maybe before any row came out);
+    # a blank line or a converted value shows only after rows came out.
+    with pytest.raises(formats.WholeFileReadFailed):
+        for _ in formats.read_jsonl(path, SCHEMA, ctx):
+            pass
+
+
+@pytest.mark.parametrize("problem", sorted(LATE_PROBLEMS))
+def test_staging_starts_over_when_the_one_pass_reader_gives_up(tmp_path: Path, monkeypatch, problem: str) -> None:
+    from pipeline.ingest import ingest
+
+    lines = [json.dumps({"sentence1": f"A man plays guitar number {i}.", "sentence2": f"Music {i}.",
+                         "gold_label": "entailment", "pairID": f"p{i}"}).encode() for i in range(300)]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines[:250]) + b"\n" + LATE_PROBLEMS[problem] + b"\n".join(lines[250:]) + b"\n")
+    monkeypatch.setattr(formats, "_WHOLE_FILE_BATCH_ROWS", 16)
+    both = ingest("nli", [path], tmp_path / "both", progress=False)
+    monkeypatch.setattr(formats, "_read_jsonl_whole_file", lambda *a: None)
+    chunked = ingest("nli", [path], tmp_path / "chunked", progress=False)
+    tree = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    assert tree(tmp_path / "both") == tree(tmp_path / "chunked")
+    assert both.manifests[0]["rows_read"] == chunked.manifests[0]["rows_read"] == 301
