@@ -706,12 +706,9 @@ def _read_jsonl_whole_file(path: Path, schema: pa.Schema, ctx: ReadContext) -> I
         return None
     with open(path, "rb") as handle:
         status = os.fstat(handle.fileno())
-        if not stat.S_ISREG(status.st_mode) or not status.st_size:
+        if not stat.S_ISREG(status.st_mode) or not status.st_size or handle.read(len(_BOM)) == _BOM:
             return None
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            clean = mapped[: len(_BOM)] != _BOM and _lines_within(mapped, ctx.max_line_bytes)  # type: ignore[arg-type]
-            _unmap_before(mapped, 0, status.st_size)
-    return _whole_file_rows(path, schema, ctx, status.st_size) if clean else None
+    return _whole_file_rows(path, schema, ctx, status.st_size)
 
 
 def _whole_file_rows(path: Path, schema: pa.Schema, ctx: ReadContext, size: int) -> Iterator[pl.DataFrame]:
@@ -742,6 +739,8 @@ def _whole_file_rows(path: Path, schema: pa.Schema, ctx: ReadContext, size: int)
     finally:
         connection.close()
         newlines = scan.result(cut_short=not completed)
+    if newlines.longest > ctx.max_line_bytes:
+        raise WholeFileReadFailed(f"{path}: a line of {newlines.longest:,} bytes (over the bound)")
     if line - 1 != newlines.lines:
         raise WholeFileReadFailed(f"{path}: {newlines.lines} lines but {line - 1} rows (blank lines)")
     ctx.lines_seen = newlines.lines
@@ -754,12 +753,13 @@ def _sql_string(text: str) -> str:
 @dataclass(frozen=True)
 class _ScanResult:
     lines: int
+    longest: int  # bytes of the longest line, its newline not counted
 
 
 class _FileScan:
-    """Counts a plain file's lines on a thread of its own (and, given its
-    :class:`InputDigest`, hashes it in the same pass), through a memory mapping whose
-    pages are dropped once counted, while another reader parses the file."""
+    """Counts a plain file's lines and finds its longest on a thread of its own (and,
+    given its :class:`InputDigest`, hashes it in the same pass), through a memory
+    mapping whose pages are dropped once read, while another reader parses the file."""
 
     _BLOCK = 16 << 20
 
@@ -770,7 +770,9 @@ class _FileScan:
 
     def _run(self, path: Path, size: int, digest: "InputDigest | None") -> _ScanResult:
         newlines = 0
-        last = b""
+        longest = 0
+        previous = -1  # where the last newline seen is
+        released = 0
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             if digest is not None:
                 digest.opened()
@@ -782,10 +784,21 @@ class _FileScan:
                     with whole[start:end] as block:
                         if digest is not None:
                             digest.hash_here(block)
-                        newlines += count_newlines(block)  # type: ignore[arg-type]
-                        last = bytes(block[-1:])
-                    _unmap_before(mapped, start, end)
-        return _ScanResult(newlines + (1 if last and last != b"\n" else 0))
+                        data = np.frombuffer(block, dtype=np.uint8)
+                        for step in range(0, len(data), _COUNT_STEP):
+                            ends = np.flatnonzero(data[step : step + _COUNT_STEP] == 10) + (start + step)
+                            if len(ends):
+                                longest = max(longest, int(ends[0] - previous - 1), int(np.diff(ends).max(initial=1)) - 1)
+                                previous = int(ends[-1])
+                                newlines += len(ends)
+                        del data
+                    released = _unmap_before(mapped, released, end)
+        if self._stop:
+            return _ScanResult(0, 0)
+        if previous < size - 1:  # a last line without a newline
+            newlines += 1
+            longest = max(longest, size - 1 - previous)
+        return _ScanResult(newlines, longest)
 
     def result(self, cut_short: bool = False) -> _ScanResult:
         """Wait for the scan; ``cut_short`` when its count is no longer wanted."""
