@@ -711,6 +711,8 @@ def _read_jsonl_whole_file(path: Path, schema: pa.Schema, ctx: ReadContext) -> I
     """
     if is_compressed(path) or not all(pa.types.is_string(f.type) for f in schema):
         return None
+    if any(c in str(path) for c in "*?[{") or "://" in str(path):  # DuckDB would read it as a glob or URL
+        return None
     with open(path, "rb") as handle:
         status = os.fstat(handle.fileno())
         if not stat.S_ISREG(status.st_mode) or not status.st_size or handle.read(len(_BOM)) == _BOM:
@@ -723,7 +725,14 @@ def _whole_file_rows(path: Path, schema: pa.Schema, ctx: ReadContext, size: int)
 
     scan = _FileScan(path, size, ctx.digest_for(path))
     columns = ", ".join(f"{_sql_string(name)}: 'VARCHAR'" for name in schema.names)
-    connection = duckdb.connect(config={"threads": pl.thread_pool_size(), "produce_arrow_string_view": True})
+    connection = duckdb.connect(
+        config={
+            "threads": pl.thread_pool_size(),  # what polars uses (POLARS_MAX_THREADS)
+            "produce_arrow_string_view": True,  # polars takes the strings without a copy
+            "autoinstall_known_extensions": False,  # never a download at run time
+            "autoload_known_extensions": False,
+        }
+    )
     query = (
         f"SELECT * FROM read_json({_sql_string(str(path))}, format = 'newline_delimited', records = 'true', "
         f"columns = {{{columns}}}, maximum_object_size = {max(ctx.max_line_bytes, 1 << 20) + 1})"

@@ -221,3 +221,12 @@ def test_staging_starts_over_when_the_one_pass_reader_gives_up(tmp_path: Path, m
     tree = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     assert tree(tmp_path / "both") == tree(tmp_path / "chunked")
     assert both.manifests[0]["rows_read"] == chunked.manifests[0]["rows_read"] == 301
+
+
+def test_a_path_duckdb_would_read_as_a_glob_goes_to_the_chunked_readers(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "part[1].jsonl"
+    path.write_bytes(_good_lines(5))
+    (tmp_path / "part1.jsonl").write_bytes(_good_lines(7))  # what the glob would match
+    monkeypatch.setattr(formats, "_whole_file_rows", lambda *a: pytest.fail("the one-pass reader was used"))
+    rows, ctx = _rows(path, whole_file=True)
+    assert rows.height == 5 and ctx.lines_seen == 5
