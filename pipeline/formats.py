@@ -60,9 +60,9 @@ class InputFileError(Exception):
 
 class WholeFileReadFailed(Exception):
     """The one-pass reader (:func:`read_jsonl` with ``ReadContext.whole_file``) met
-    something only the chunked readers handle (a bad or blank line, a value of the
-    wrong type) after it had yielded rows: the caller drops what it got and reads the
-    file again with ``whole_file=False``."""
+    something only the chunked readers handle (a bad, blank or over-long line, a value
+    of the wrong type), possibly after it had yielded rows: the caller drops what it
+    got and reads the file again with ``whole_file=False``."""
 
 
 @dataclass
@@ -699,15 +699,17 @@ _WHOLE_FILE_BATCH_ROWS = 100_000
 def _read_jsonl_whole_file(path: Path, schema: pa.Schema, ctx: ReadContext) -> Iterator[pl.DataFrame] | None:
     """A plain JSON-lines file of string fields read in one pass by DuckDB's JSON
     reader (its own threads, about twice polars' speed per byte here), or None when
-    the file does not qualify (compressed, empty, a byte-order mark, a line over the
-    size bound): the chunked readers take it from the start.
+    the file does not qualify (compressed, not a regular file, empty, a byte-order
+    mark, a path DuckDB would take for a glob or a URL): the chunked readers take it
+    from the start.
 
     DuckDB stops at a malformed line, bad UTF-8 or a line that is not an object, skips
-    blank lines and turns a number, list or object where a string is declared into
-    text: each of those ends the pass with :class:`WholeFileReadFailed` (a converted
-    value found by the same check as the chunked fast path; a skipped line by the line
-    count, taken with the file's SHA-256 on a thread of its own). Rows come in file
-    order, row ``i`` being line ``i``.
+    blank lines, parses lines over our size bound and turns a number, list or object
+    where a string is declared into text: each of those ends the pass with
+    :class:`WholeFileReadFailed` (a converted value found by the same check as the
+    chunked fast path; a skipped or over-long line by the scan that counts and
+    measures the lines, with the file's SHA-256, on a thread of its own). Rows come in
+    file order, row ``i`` being line ``i``.
     """
     if is_compressed(path) or not all(pa.types.is_string(f.type) for f in schema):
         return None
