@@ -237,7 +237,7 @@ def stage_file(
         writer = spill.FrameFiles(tmp_rows)
         parts = [_KeptRows(spec, config, tmp_parts / spec.name / _PART_KEPT, tmp_parts / spec.name) for spec in in_stage]
         try:
-            rows, failure = _stage_rows(module, options, Path(path), ctx, file_index, writer if write_rows else None, parts)
+            rows, failure = _stage_rows(module, options, path, ctx, file_index, writer if write_rows else None, parts)
             break
         except WholeFileReadFailed:
             continue
@@ -282,7 +282,7 @@ def stage_file(
 def _stage_rows(
     module: Any,
     options: Any,
-    path: Path,
+    path: str | os.PathLike[str],
     ctx: ReadContext,
     file_index: int,
     writer: spill.FrameFiles | None,
@@ -291,6 +291,7 @@ def _stage_rows(
     """Read one input with its source: spill its rows to ``writer`` and clean the
     row-local datasets' ``parts``, in batches of about ``spill.BATCH_ROWS`` rows.
     Returns the rows read and the failure (a truncated or corrupt archive), if any.
+    ``path`` is recorded as given (``source_file``).
 
     Raises:
         WholeFileReadFailed: the one-pass reader gave up (``ctx.whole_file``).
@@ -320,7 +321,7 @@ def _stage_rows(
 
     try:
         with heap_reused_while_streaming():
-            for batch in module.stage_file(path, ctx, options):
+            for batch in module.stage_file(Path(path), ctx, options):
                 pending.append(batch)
                 pending_rows += batch.height
                 rows += batch.height
