@@ -25,8 +25,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
-from pipeline.memory import POLARS_ALLOCATOR_ENV
-
 DASK_PREFIX = "dask:"
 LOCAL = "local"
 
@@ -81,8 +79,7 @@ def local_cluster_kwargs(n_workers: int | None, cores_per_worker: int | None = N
     workers = n_workers or os.cpu_count() or 1
     cores = cores_per_worker or max(1, (os.cpu_count() or 1) // workers)
     threads = {name: str(cores) for name in ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    env = {**POLARS_ALLOCATOR_ENV, **threads}
-    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None, "env": env}
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None, "env": threads}
 
 
 def task_runner_from(spec: str | None) -> Any | None:

@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipeline.memory import configure_polars_allocator
-
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -335,7 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pairforge`` console script."""
-    configure_polars_allocator()
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -19,8 +19,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import os
-import sys
 from typing import Callable, Iterator
 
 
@@ -48,24 +46,6 @@ _M_MMAP_THRESHOLD = -3
 _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 # What glibc's dynamic mmap threshold grows to at most on 64-bit systems.
 _MMAP_THRESHOLD = 32 << 20
-
-
-# polars' allocator (jemalloc) hands the pages it freed back to the kernel as they age,
-# from a background thread. A batch job that frees and reallocates chunk after chunk
-# then pays for the returns, for the TLB shootdowns they cause and for the page
-# faults that fetch zeroed pages again. With this, freed pages wait a minute for reuse
-# (what is still free then is returned). Ingest of 2,000,000 SNLI lines: 5-7 % less
-# wall time, peak memory unchanged (docs/bench-ingest.md). jemalloc reads it once,
-# when polars is first imported.
-POLARS_ALLOCATOR_ENV = {"_RJEM_MALLOC_CONF": "dirty_decay_ms:60000,muzzy_decay_ms:60000"}
-
-
-def configure_polars_allocator() -> None:
-    """Set :data:`POLARS_ALLOCATOR_ENV` in this process's environment (a value the user
-    set wins); it takes effect only if polars is not imported yet."""
-    if "polars" not in sys.modules:
-        for name, value in POLARS_ALLOCATOR_ENV.items():
-            os.environ.setdefault(name, value)
 
 
 def release_free_memory() -> None:

@@ -324,21 +324,3 @@ def test_datasets_option_builds_only_the_named_ones(tmp_path: Path, shared_data:
     assert not (stage.folder / "rows").exists()
     with pytest.raises(ValueError, match=r"no dataset nli-pair .*nli-pairs, nli-triplets"):
         ingest("nli", [path], tmp_path / "bad", IngestConfig(datasets=("nli-pair",)), progress=False)
-
-
-def test_the_cli_sets_polars_allocator_unless_the_user_did() -> None:
-    script = (
-        "import os, sys\n"
-        "from pipeline.memory import configure_polars_allocator\n"
-        "configure_polars_allocator()\n"
-        "import polars\n"
-        "print(os.environ['_RJEM_MALLOC_CONF'])\n"
-    )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "_RJEM_MALLOC_CONF"}
-    # polars puts its own defaults first on import; in jemalloc's list the last value wins.
-    ours = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    assert ours.stdout.strip().endswith(",dirty_decay_ms:60000,muzzy_decay_ms:60000")
-    users = subprocess.run(
-        [sys.executable, "-c", script], env={**env, "_RJEM_MALLOC_CONF": "narenas:2"}, capture_output=True, text=True, check=True
-    )
-    assert users.stdout.strip().endswith(",narenas:2") and "60000" not in users.stdout
