@@ -752,7 +752,9 @@ def _whole_file_rows(path: Path, schema: pa.Schema, ctx: ReadContext, size: int)
             line += frame.height
             yield frame.select(schema.names).with_columns(lines.alias("_line"))
         completed = True
-    except duckdb.Error as exc:
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+        # DuckDB's error: raised by the query, or later through the Arrow stream (as an
+        # OSError); a real I/O error shows again when the file is read chunked.
         raise WholeFileReadFailed(f"{path}: {exc}") from exc
     finally:
         connection.close()

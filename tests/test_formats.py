@@ -230,3 +230,20 @@ def test_a_path_duckdb_would_read_as_a_glob_goes_to_the_chunked_readers(tmp_path
     monkeypatch.setattr(formats, "_whole_file_rows", lambda *a: pytest.fail("the one-pass reader was used"))
     rows, ctx = _rows(path, whole_file=True)
     assert rows.height == 5 and ctx.lines_seen == 5
+
+
+def test_a_bad_line_deep_in_a_file_surfacing_through_the_arrow_stream_starts_staging_over(tmp_path: Path, monkeypatch) -> None:
+    # Far enough in that DuckDB reports it while rows are streaming (through pyarrow, as
+    # an OSError), not when the query starts.
+    from pipeline.ingest import ingest
+
+    lines = [json.dumps({"sentence1": f"A man plays guitar number {i}.", "sentence2": f"Music {i}.",
+                         "gold_label": "entailment", "pairID": f"p{i}"}).encode() for i in range(40_000)]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines[:30_000]) + b"\n" + lines[30_000] + lines[30_001] + b"\n" + b"\n".join(lines[30_002:]) + b"\n")
+    both = ingest("nli", [path], tmp_path / "both", progress=False)
+    monkeypatch.setattr(formats, "_read_jsonl_whole_file", lambda *a: None)
+    chunked = ingest("nli", [path], tmp_path / "chunked", progress=False)
+    tree = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    assert tree(tmp_path / "both") == tree(tmp_path / "chunked")
+    assert both.manifests[0]["dropped"]["malformed_json"] == 1
