@@ -29,7 +29,7 @@ class ExactDeduplicator:
         n_buckets: hash partitions spilled to disk (a power of two).
         work_dir: where the partitions are written (a temporary folder by default).
         memory_rows: up to this many rows the hashes stay in memory (24 bytes a row,
-            a few MiB with the hash table) and are deduplicated in one step, with no
+            a few MiB with the sort that ranks them) and are deduplicated in one step, with no
             partition files; past it they go to the partitions on disk, so memory
             does not grow with the dataset. Same mask either way.
     """

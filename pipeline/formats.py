@@ -626,12 +626,13 @@ class _PolarsFastPath:
             frame = pl.read_ndjson(io.BytesIO(chunk.data), schema=self.schema)
         except (pl.exceptions.PolarsError, UnicodeDecodeError, ValueError):
             return None
-        if frame.height != chunk.n_lines or self._holds_converted_values(frame):
+        if frame.height != chunk.n_lines or self.holds_converted_values(frame):
             return None
         lines = pl.int_range(chunk.first_line, chunk.first_line + chunk.n_lines, eager=True, dtype=pl.Int64)
         return frame.with_columns(lines.alias("_line"))
 
-    def _holds_converted_values(self, frame: pl.DataFrame) -> bool:
+    def holds_converted_values(self, frame: pl.DataFrame) -> bool:
+        """Whether a string column of ``frame`` holds a value that was not a JSON string."""
         if not self._strings:
             return False
         # One pass over every string column at once; almost always nothing matches.
@@ -739,14 +740,14 @@ def _whole_file_rows(path: Path, schema: pa.Schema, ctx: ReadContext, size: int)
         f"SELECT * FROM read_json({_sql_string(str(path))}, format = 'newline_delimited', records = 'true', "
         f"columns = {{{columns}}}, maximum_object_size = {max(ctx.max_line_bytes, 1 << 20) + 1})"
     )
-    check = _PolarsFastPath.for_schema(schema)
+    check = _PolarsFastPath(schema)  # string fields only: the chunked fast path's check applies
     line = 1
     completed = False
     try:
         for batch in connection.sql(query).to_arrow_reader(_WHOLE_FILE_BATCH_ROWS):
             frame = pl.from_arrow(batch)
             assert isinstance(frame, pl.DataFrame)
-            if check is not None and check._holds_converted_values(frame):
+            if check.holds_converted_values(frame):
                 raise WholeFileReadFailed(f"{path}: a value of another type where a string is declared")
             lines = pl.int_range(line, line + frame.height, eager=True, dtype=pl.Int64)
             line += frame.height

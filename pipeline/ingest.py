@@ -226,7 +226,8 @@ def stage_file(
     # First with the one-pass reader where a source offers it; if that meets a line it
     # leaves to the chunked readers, the file is read again from the start.
     for whole_file in (True, False):
-        # A plain file is hashed from the blocks its reader reads (InputDigest).
+        # A plain file is hashed by its reader as it reads (InputDigest), a fresh digest
+        # for each attempt.
         digest = InputDigest(Path(path)) if entry is None and hashing is None else None
         ctx = ReadContext(
             path=Path(path), display_name=str(path), file_index=file_index, max_line_bytes=config.max_line_bytes,
@@ -636,7 +637,6 @@ class _KeptRows:
         self.config = config
         self.texts = ["anchor", "positive"] + (["negative"] if spec.with_negative else [])
         self.kept_columns = self.texts + ["id", "source_file", "source_line"]
-        self.fraction = config.heldout_fraction
         self.part_dir = part_dir
         self.kept = spill.FrameFiles(kept_dir, fresh=True)
         self.dropped = shard_io.DropTally()
@@ -664,7 +664,7 @@ class _KeptRows:
             return _CleanedBatch(rows, dropped, None, None)
         # Which split a row goes to depends on its id alone: decided here, where the
         # rows are cleaned (while the input is still being read), not when shards are written.
-        kept = kept.with_columns(pl.Series(_HELDOUT, heldout_mask(kept.get_column("id"), self.fraction)))
+        kept = kept.with_columns(pl.Series(_HELDOUT, heldout_mask(kept.get_column("id"), self.config.heldout_fraction)))
         return _CleanedBatch(rows, dropped, kept, _row_hashes(kept, self.texts) if self.config.dedup else None)
 
     def record(self, batch: "_CleanedBatch") -> tuple[np.ndarray, np.ndarray] | None:

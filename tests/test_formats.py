@@ -8,6 +8,8 @@ import io
 import json
 from pathlib import Path
 
+import polars as pl
+import pyarrow as pa
 import pytest
 
 from pipeline import formats
@@ -135,12 +137,14 @@ def test_staging_hashes_an_input_once_from_its_own_reads(tmp_path: Path, monkeyp
 
 
 # --- the one-pass (DuckDB) JSON-lines reader ------------------------------------------
-SCHEMA = __import__("pyarrow").schema([("s1", __import__("pyarrow").string()), ("s2", __import__("pyarrow").string())])
+SCHEMA = pa.schema([("s1", pa.string()), ("s2", pa.string())])
+
+
+def _file_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _rows(path: Path, whole_file: bool, max_line_bytes: int = 1 << 20):
-    import polars as pl
-
     ctx = ReadContext(path=path, display_name=str(path), whole_file=whole_file, max_line_bytes=max_line_bytes,
                       input_digest=InputDigest(path))
     frames = list(formats.read_jsonl(path, SCHEMA, ctx))
@@ -218,8 +222,7 @@ def test_staging_starts_over_when_the_one_pass_reader_gives_up(tmp_path: Path, m
     both = ingest("nli", [path], tmp_path / "both", progress=False)
     monkeypatch.setattr(formats, "_read_jsonl_whole_file", lambda *a: None)
     chunked = ingest("nli", [path], tmp_path / "chunked", progress=False)
-    tree = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    assert tree(tmp_path / "both") == tree(tmp_path / "chunked")
+    assert _file_bytes(tmp_path / "both") == _file_bytes(tmp_path / "chunked")
     assert both.manifests[0]["rows_read"] == chunked.manifests[0]["rows_read"] == 301
 
 
@@ -244,6 +247,5 @@ def test_a_bad_line_deep_in_a_file_surfacing_through_the_arrow_stream_starts_sta
     both = ingest("nli", [path], tmp_path / "both", progress=False)
     monkeypatch.setattr(formats, "_read_jsonl_whole_file", lambda *a: None)
     chunked = ingest("nli", [path], tmp_path / "chunked", progress=False)
-    tree = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    assert tree(tmp_path / "both") == tree(tmp_path / "chunked")
+    assert _file_bytes(tmp_path / "both") == _file_bytes(tmp_path / "chunked")
     assert both.manifests[0]["dropped"]["malformed_json"] == 1
