@@ -6,11 +6,11 @@ bench/bench_ingest.py does (copy k of a line gets `` [k]`` appended, so rows sta
 the real format and stay distinct); they go under a temporary folder, never the
 repository. Out, on stdout: for each cluster size, the wall time of the flow, the
 input lines per second, and where the time goes (the compute seconds of
-``check-source`` (hashing the inputs), the summed ones of the ``stage-file`` tasks,
+``plan-source`` (hashing the inputs), the summed ones of the ``stage-file`` tasks,
 those of ``finalize-source``, and the rest: flow and cluster overhead), the speed-up of 2 workers over 1, the per-core rate that the paper
 estimate in deploy/README.md uses, and whether the two outputs are byte-identical.
 
-Each size runs the same flow (flows/build_corpus.py) with ``task_runner`` pointing
+Each size runs the same flow (flows/ingest.py) with ``task_runner`` pointing
 at a ``distributed.LocalCluster`` started before the clock (worker start-up is not
 counted), each worker process limited to one core (one task thread, and polars /
 numpy thread pools of 1), so 2 workers against 1 is 2 cores against 1; the Prefect API is a temporary local
@@ -63,11 +63,11 @@ def split_input(whole: Path, files: int, lines_per_file: int, out_dir: Path) -> 
 def task_group(key: Any) -> str:
     """The stage a Dask task key belongs to (keys start with the task function's name)."""
     name = str(key[0] if isinstance(key, tuple) else key)
-    if name.startswith("source_up_to_date"):
-        return "check"
-    if name.startswith("stage_input_file"):
+    if name.startswith("plan_source"):
+        return "plan"
+    if name.startswith("stage_file"):
         return "stage"
-    if name.startswith("finalize_input_source"):
+    if name.startswith("finalize_source"):
         return "finalize"
     if name.startswith("mine_dataset"):
         return "mine"
@@ -95,7 +95,7 @@ def run_on_cluster(n_workers: int, run: Any) -> tuple[Any, float, dict[str, floa
 
 def run_build(inputs: list[Path], out_dir: Path, n_workers: int) -> dict[str, Any]:
     """Build the corpus on ``n_workers``; wall and per-stage compute seconds."""
-    from flows.build_corpus import build_corpus
+    from flows.ingest import build_corpus
     from flows.runners import with_runner
 
     sources = [{"source": "nli", "inputs": [str(p) for p in inputs]}]
@@ -106,7 +106,8 @@ def run_build(inputs: list[Path], out_dir: Path, n_workers: int) -> dict[str, An
 
 def run_mining(ingested: Path, datasets: list[str], out_dir: Path, n_workers: int) -> dict[str, Any]:
     """Mine ``datasets`` of a copy of the ingested corpus on ``n_workers``, with an empty embedding cache."""
-    from flows.build_corpus import CORPUS_DIR, mine_corpus
+    from flows.mine import mine_corpus
+    from flows.paths import CORPUS_DIR
     from flows.runners import with_runner
 
     shutil.copytree(ingested / CORPUS_DIR, out_dir / CORPUS_DIR)
@@ -145,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run_build(inputs, work / f"out-{n_workers}", n_workers))
             identical = compare_corpora(work / "out-1" / "corpus", work / "out-2" / "corpus")
             if args.mine:
-                from flows.build_corpus import build_corpus, pair_datasets
-                from flows.commands import read_sources_file
+                from flows.ingest import build_corpus
+                from flows.mine import pair_datasets
+                from flows.sources_file import read_sources_file
 
                 manifests = build_corpus(read_sources_file(EXAMPLE_SOURCES), str(work / "examples"))
                 datasets = pair_datasets(manifests)
@@ -159,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nbuild-corpus on {args.files} files x {args.lines_per_file:,} lines = {total_lines:,} SNLI lines "
           f"({os.cpu_count()} cores)")
-    print(f"{'workers':>7}  {'wall s':>7}  {'lines/s':>9}  {'check s':>7}  {'stage-file s':>12}  {'finalize s':>10}  {'other s':>7}")
+    print(f"{'workers':>7}  {'wall s':>7}  {'lines/s':>9}  {'plan s':>7}  {'stage-file s':>12}  {'finalize s':>10}  {'other s':>7}")
     for r in results:
-        check = r["compute"].get("check", 0.0)
+        check = r["compute"].get("plan", 0.0)
         stage, finalize = r["compute"].get("stage", 0.0), r["compute"].get("finalize", 0.0)
         # Wall time not covered by task compute, with the parallel stage counted once per worker.
         other = r["wall"] - check - stage / r["workers"] - finalize

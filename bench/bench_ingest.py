@@ -61,7 +61,7 @@ DEFAULT_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "snli" / "jsonl" / "s
 DEFAULT_LINES = 2_000_000
 QUICK_LINES = 200_000
 MEMORY_GROWTH_FACTOR = 10
-# Targets from the issue: speed relative to the floor and to the datasets path, and
+# The project's targets: speed relative to the floor and to the datasets path, and
 # how much peak memory may grow when the input grows MEMORY_GROWTH_FACTOR times.
 TARGET_VS_POLARS = 0.5
 TARGET_VS_DATASETS = 3.0

@@ -75,8 +75,9 @@ def write_inputs(work: Path, pairs: list[tuple[str, str]], corpus: list[str]) ->
     """A dataset folder of the pairs and a corpus shard, as ingest would write them."""
     import polars as pl
 
-    from pipeline.records import arrow_schema
-    from pipeline.shards import ShardWriter, atomic_write_json, config_hash
+    from pipeline.corpus.files import atomic_write_json, config_hash
+    from pipeline.corpus.schema import arrow_schema
+    from pipeline.corpus.shards import ShardWriter
 
     dataset = work / "pairs"
     frame = pl.DataFrame(
@@ -103,7 +104,8 @@ def write_inputs(work: Path, pairs: list[tuple[str, str]], corpus: list[str]) ->
 
 
 def child_ours(work: Path, out: Path, cache: Path, result: Path) -> None:
-    from pipeline.mining import MiningConfig, mine_negatives
+    from pipeline.mining.config import MiningConfig
+    from pipeline.mining.job import mine_negatives
 
     started = time.perf_counter()
     config = MiningConfig(index="flat", batch_size=BATCH_SIZE, extra_corpus=(str(work / "corpus.parquet"),), **SETTINGS)
@@ -129,7 +131,7 @@ def child_st(work: Path, cache: Path | None, result: Path) -> None:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
-    from pipeline.models import default_model_path
+    from pipeline.embed.models import default_model_path
 
     started = time.perf_counter()
     pairs = pl.read_parquet(next((work / "pairs").glob("part-*.parquet")))
@@ -155,17 +157,12 @@ def child_encoder_rate(work: Path, result: Path, backend: str) -> None:
     import numpy as np
     import polars as pl
 
-    from pipeline.mining import (
-        encode_in_batches,
-        load_mining_encoder,
-        plan_encoding,
-        token_lengths,
-    )
-    from pipeline.models import default_model_path, load_encoder
+    from pipeline.embed.encoders import encode_in_batches, load_text_encoder, plan_encoding, resolve_encoder, token_lengths
+    from pipeline.embed.models import default_model_path, load_encoder
 
     texts = pl.read_parquet(work / "corpus.parquet")["text"].to_list()[:1000]
     path = default_model_path()
-    model = load_encoder(None, device="cpu") if backend == "torch" else load_mining_encoder(path, "cpu", "numpy")
+    model = load_encoder(None, device="cpu") if backend == "torch" else load_text_encoder(path, resolve_encoder(path, "cpu", "numpy"))
     if backend == "torch":
         model.backend = "torch"
     order, offsets = plan_encoding(token_lengths(path, "numpy", None, texts), BATCH_SIZE)
@@ -183,7 +180,7 @@ def child_scale(n: int, dim: int, work: Path, result: Path, nprobe: int) -> None
     """Build the on-disk IVF over ``n`` synthetic unit vectors; recall@10 against exact search."""
     import numpy as np
 
-    from pipeline.mining import MiningConfig, _search_flat, build_ivf_index
+    from pipeline.embed.index import IndexConfig, build_ivf_index, search_flat
 
     class _Bar:
         def update(self, _n: int) -> None:
@@ -204,7 +201,7 @@ def child_scale(n: int, dim: int, work: Path, result: Path, nprobe: int) -> None
     vectors = np.load(work / "scale.npy", mmap_mode="r")
     generate_s = time.perf_counter() - t0
     corpus_rows = np.arange(n)
-    config = MiningConfig(index="ivf", nprobe=nprobe, seed=0)
+    config = IndexConfig(index="ivf", nprobe=nprobe, seed=0)
     index_dir = work / "scale-index"
     index_dir.mkdir(exist_ok=True)
     t0 = time.perf_counter()
@@ -217,7 +214,7 @@ def child_scale(n: int, dim: int, work: Path, result: Path, nprobe: int) -> None
     search_s = time.perf_counter() - t0
     sample = np.arange(0, 10_000, 10)  # 1,000 queries for the exact reference
     t0 = time.perf_counter()
-    _, exact_ids = _search_flat(vectors, corpus_rows, query_rows[sample], 10, _Bar())
+    _, exact_ids = search_flat(vectors, corpus_rows, query_rows[sample], 10, _Bar())
     exact_s = time.perf_counter() - t0
     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ivf_ids[sample].tolist(), exact_ids.tolist())]))
     disk_mb = sum(p.stat().st_size for p in index_dir.iterdir()) / 2**20

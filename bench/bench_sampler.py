@@ -34,9 +34,11 @@ def build_corpus(corpus_dir: Path) -> Path:
     """Three dataset folders (one per STSb genre) of (sentence1, sentence2) pairs, and a data_config.json."""
     import pyarrow as pa
 
-    from pipeline.records import arrow_schema
-    from pipeline.sampling import WeightPolicy, write_data_config
-    from pipeline.shards import ShardWriter, atomic_write_json
+    from pipeline.corpus.files import atomic_write_json
+    from pipeline.corpus.schema import arrow_schema
+    from pipeline.corpus.shards import ShardWriter
+    from pipeline.sampling.data_config import write_data_config
+    from pipeline.sampling.policies import WeightPolicy
 
     by_genre: dict[str, list[tuple[str, str]]] = defaultdict(list)
     with open(STSB, encoding="utf-8") as handle:
@@ -78,8 +80,10 @@ def run(corpus_dir: Path, config: Path, sampler: str, steps: int, batch_size: in
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from pipeline.batch_sampler import WeightedSamplerFactory
-    from pipeline.train import TrainConfig, build_model, load_training_data
+    from pipeline.sampling.batch_sampler import WeightedSamplerFactory
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.data import load_training_data
+    from pipeline.train.task import build_model
 
     torch.manual_seed(0)
     data = load_training_data(corpus_dir, config)
@@ -116,8 +120,8 @@ def sampler_overhead(corpus_dir: Path, config: Path, batch_size: int) -> dict[st
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler, ProportionalBatchSampler
     from torch.utils.data import ConcatDataset
 
-    from pipeline.batch_sampler import WeightedSamplerFactory
-    from pipeline.train import load_training_data
+    from pipeline.sampling.batch_sampler import WeightedSamplerFactory
+    from pipeline.train.data import load_training_data
 
     data = load_training_data(corpus_dir, config)
     datasets = [Dataset(InMemoryTable(t)) for t in data.tables]

@@ -1,45 +1,14 @@
-"""Prefect artifacts and configs for the flows: manifests in, tables and progress out.
+"""Prefect artifacts of the flows: manifests in, tables and progress out.
 
-In: stage manifests (``manifest.json`` dicts), config overrides (plain JSON dicts, as
-deployment parameters carry them). Out: table artifacts (rows kept and dropped by
-reason, one row per dataset), a progress artifact, and the library's frozen config
-dataclasses built from the overrides.
+In: stage manifests (``manifest.json`` dicts). Out: table artifacts (rows kept and
+dropped by reason, one row per dataset) and a progress artifact advanced stage by stage.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence
 
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-
-ConfigT = TypeVar("ConfigT")
-
-
-def build_config(config_class: type[ConfigT], overrides: Mapping[str, Any] | None) -> ConfigT:
-    """A library config from JSON overrides.
-
-    Lists become tuples; a dict given for a field whose default is itself a dataclass
-    (``IngestConfig.filters``) builds that dataclass the same way.
-
-    Raises:
-        ValueError: an override names no field of ``config_class``.
-    """
-    overrides = dict(overrides or {})
-    fields = {f.name: f for f in dataclasses.fields(config_class)}  # type: ignore[arg-type]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown {config_class.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    values = {}
-    for name, value in overrides.items():
-        field = fields[name]
-        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-        if isinstance(value, Mapping) and dataclasses.is_dataclass(default):
-            value = build_config(type(default), value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[name] = value
-    return config_class(**values)
 
 
 def manifest_rows(manifests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

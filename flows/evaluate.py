@@ -3,7 +3,7 @@
 In: a model folder, optionally a baseline folder (default: the model training
 started from), benchmark inputs (STSb files, NLI files, a corpus with held-out
 splits) and EvalConfig overrides. Out: the report folder written by
-:func:`pipeline.evaluate.evaluate_model` (``report.json``, ``report.md``, plots) and
+:func:`pipeline.evaluate.task.evaluate_model` (``report.json``, ``report.md``, plots) and
 the report's Markdown table as the markdown artifact ``pairforge-evaluation``.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.artifacts import build_config
+from flows.config_options import build_config
 
 EVALUATE_TIMEOUT_S = 6 * 3600
 
@@ -39,13 +39,14 @@ def evaluate(
         baseline_dir: the model to compare with; None for the one training started from.
         stsb: STSb benchmark files.
         nli: NLI benchmark files or folders.
-        options: further :class:`pipeline.evaluate.EvalConfig` overrides.
+        options: further :class:`pipeline.evaluate.config.EvalConfig` overrides.
 
     Returns:
         The report, as written to ``report.json``.
     """
-    from pipeline.evaluate import EvalConfig, evaluate_model
-    from pipeline.report import report_markdown
+    from pipeline.evaluate.config import EvalConfig
+    from pipeline.evaluate.report import report_markdown
+    from pipeline.evaluate.task import evaluate_model
 
     logger = get_run_logger()
     overrides: dict[str, Any] = {"stsb": stsb or [], "nli": nli or [], "corpus": corpus_dir, "show_progress": False}

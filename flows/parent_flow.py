@@ -28,14 +28,14 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.artifacts import Progress
-from flows.build_corpus import build_corpus, corpus_paths, mine_corpus, pair_datasets, write_config
+from flows.data_config import write_config
 from flows.evaluate import evaluate
+from flows.ingest import build_corpus
+from flows.mine import mine_corpus, pair_datasets
+from flows.paths import corpus_paths
 from flows.runners import dask_cluster, shared_prefect_api, with_runner
 from flows.train import train
 
-BUILD_SPEC_NAME = "build.json"
-MODEL_DIR = "model"
-REPORT_DIR = "eval"
 StopAfter = Literal["config", "train", "evaluate"]
 
 
@@ -87,7 +87,7 @@ def _train_stage(paths: dict[str, Path], model_dir: Path, options: dict[str, Any
     if deployment is None:
         return train(**parameters)
     run_stage_deployment(deployment, parameters, f"{current_flow_run.id}-train")
-    from pipeline.train import TRAIN_CONFIG_NAME
+    from pipeline.train.task import TRAIN_CONFIG_NAME
 
     return _read_json(model_dir / TRAIN_CONFIG_NAME)["result"] | {"out_dir": str(model_dir), "deployment": deployment}
 
@@ -102,7 +102,7 @@ def _evaluate_stage(
     if deployment is None:
         return evaluate(**parameters)
     run_stage_deployment(deployment, parameters, f"{current_flow_run.id}-evaluate")
-    from pipeline.evaluate import REPORT_NAME
+    from pipeline.evaluate.task import REPORT_NAME
 
     return _read_json(report_dir / REPORT_NAME)
 
@@ -142,12 +142,12 @@ def pairforge_pipeline(
     Returns:
         The run's summary (see the module docstring).
     """
-    from pipeline.shards import atomic_write_json
+    from pipeline.corpus.files import atomic_write_json
 
     logger = get_run_logger()
     paths = corpus_paths(out_dir)
     out = paths["out"]
-    model_dir, report_dir = out / MODEL_DIR, out / REPORT_DIR
+    model_dir, report_dir = paths["model"], paths["report"]
     stages = ["ingest", "mine", "config", "train", "evaluate"]
     stages = stages[: stages.index(stop_after) + 1]
     progress = Progress(stages)
@@ -161,7 +161,7 @@ def pairforge_pipeline(
     entries = write_config(str(out), policy)
     # What verify needs to rebuild this corpus: the inputs and every corpus config.
     atomic_write_json(
-        paths["corpus"] / BUILD_SPEC_NAME,
+        paths["build_spec"],
         {"sources": sources, "ingest": ingest or {}, "mining": mining or {}, "mine": mine, "policy": policy or {}},
     )
     progress.advance("config")
@@ -179,7 +179,7 @@ def pairforge_pipeline(
         summary["model_dir"] = str(model_dir)
         progress.advance("train")
     if stop_after == "evaluate":
-        from pipeline.report import report_markdown
+        from pipeline.evaluate.report import report_markdown
 
         # The baseline is the model training started from (None: the packaged default).
         baseline_dir = (training or {}).get("model")

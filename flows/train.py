@@ -21,7 +21,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.artifacts import build_config
+from flows.config_options import build_config
 
 # A run on the full corpus takes hours; two days is a hung run, not a slow one.
 # log_prints stays off: libraries print bytecode dumps and progress while training.
@@ -51,8 +51,8 @@ def train(
         The summary of :func:`pipeline.train.train_model` (steps, losses, datasets...)
         and ``processes``, the number of training processes.
     """
-    from pipeline.launch import launch_training
-    from pipeline.train import TrainConfig
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.launch import launch_training
 
     logger = get_run_logger()
     config = build_config(TrainConfig, options)

@@ -22,8 +22,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.build_corpus import DATA_CONFIG_NAME, corpus_paths
-from flows.parent_flow import BUILD_SPEC_NAME, pairforge_pipeline
+from flows.parent_flow import pairforge_pipeline
+from flows.paths import BUILD_SPEC_NAME, corpus_paths
 
 CORPUS_PLACEHOLDER = "<corpus>"
 
@@ -37,7 +37,9 @@ def corpus_digests(corpus_dir: str | Path) -> dict[str, str]:
     Returns:
         Path relative to the root -> hex digest, sorted by path.
     """
-    from pipeline.shards import MANIFEST_NAME, file_sha256
+    from pipeline.corpus.files import file_sha256
+    from pipeline.corpus.manifest import MANIFEST_NAME
+    from pipeline.sampling.data_config import DATA_CONFIG_NAME
 
     root = Path(corpus_dir).resolve()
     digests: dict[str, str] = {}

@@ -1,9 +1,10 @@
 """Give freed heap memory back to the operating system, on glibc.
 
-In: nothing. Out: :func:`release_free_memory`, called between batches by the
-stages that stream large inputs, and :func:`heap_reused_while_streaming`, around
-ingest's reading of a file (its chunks reuse freed heap instead of faulting in fresh
-pages; see there).
+In: nothing. Out: :func:`release_free_memory`; :func:`trimmed`, which wraps a stream
+of batches so that the heap each batch leaves free is returned before the next one
+(the spill reader and ingest's join passes stream through it); and
+:func:`heap_reused_while_streaming`, around ingest's reading of a file (its chunks
+reuse freed heap instead of faulting in fresh pages; see there).
 
 Why: glibc's malloc raises its mmap threshold as large blocks are freed (up to 32
 MiB), so the 16 MiB text chunks and the batches that follow them end up on the heap,
@@ -19,7 +20,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 @functools.cache
@@ -53,6 +56,13 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def trimmed(items: Iterable[T]) -> Iterator[T]:
+    """``items``, with :func:`release_free_memory` after the consumer is done with each one."""
+    for item in items:
+        yield item
+        release_free_memory()
 
 
 @contextlib.contextmanager
