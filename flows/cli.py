@@ -1,8 +1,23 @@
 """The ``pairforge`` command: every subcommand's arguments and printing, in one place.
 
 In: command-line arguments. Out: the library's files, a summary on stdout, an exit
-code (0 success, 1 a stage finished with failures, 2 a usage or input error: one line
-on stderr, never a traceback).
+code: 0 success, 1 a stage finished with failures (each failed input named on
+stderr), 2 a usage or input error, another writer holding the output folder included
+(one line on stderr naming the thing and what was expected), 3 an internal error (a
+bug: one line, and the traceback with ``--debug``), 130 interrupted.
+
+Errors become lines here, in :func:`main`, and nowhere else: the library raises
+precise exceptions (``FileNotFoundError``, ``ValueError``, ``OSError``,
+:class:`~pipeline.corpus.locks.FolderLockedError`) whose messages name the thing.
+``pairforge --debug ...`` (or ``PAIRFORGE_DEBUG=1``) prints the traceback as well.
+
+Every command that writes an output folder holds it for the whole write
+(:func:`pipeline.corpus.locks.writer_lock`): ``ingest`` its ``--out`` corpus,
+``mine`` its ``--out`` dataset, ``config`` the corpus when it writes into it,
+``train`` the model folder, ``evaluate`` the report folder, ``run`` the run's corpus
+(training and evaluation lock the model and report folders themselves) and
+``verify`` the corpus it compares. A second writer exits 2 at once, naming the
+holder, or waits for it with ``--wait``.
 
 A subcommand's config options are generated from the library's config dataclass
 (:mod:`flows.config_options`: one option per field, documented by the field's own
@@ -17,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -37,6 +53,24 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait", action="store_true",
+        help="if another process is writing the output folder, wait for it instead of exiting with code 2",
+    )  # fmt: skip
+
+
+def _locked(folder: Path, args: argparse.Namespace, run: Callable[[], int]) -> int:
+    """``run()`` while holding ``folder`` as its only writer (``--wait``: wait for the holder)."""
+    from pipeline.corpus.locks import writer_lock
+
+    def waiting(line: str) -> None:
+        print(f"pairforge: {line}", file=sys.stderr, flush=True)
+
+    with writer_lock(folder, wait=args.wait, on_wait=waiting):
+        return run()
+
+
 # --- ingest -----------------------------------------------------------------------
 def _add_ingest(sub: Any) -> None:
     from pipeline.ingest.config import IngestConfig
@@ -47,16 +81,24 @@ def _add_ingest(sub: Any) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="input files (or SentEval folders)")
     parser.add_argument("--out", required=True, type=Path, help="corpus folder: one subfolder per dataset")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_wait(parser)
     add_config_options(parser, IngestConfig, title="ingest options")
     parser.set_defaults(run=_run_ingest)
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
     from pipeline.ingest.config import IngestConfig, source_options
-    from pipeline.ingest.plan import ingest_source
+    from pipeline.ingest.plan import check_inputs
 
     config = config_from_args(args, IngestConfig)
     source_options(args.source, config.source_options)  # a wrong -o fails before any reading
+    check_inputs(args.source, args.inputs)  # ... and a missing or misplaced input before any waiting
+    return _locked(args.out, args, lambda: _ingest(args, config))
+
+
+def _ingest(args: argparse.Namespace, config: Any) -> int:
+    from pipeline.ingest.plan import ingest_source
+
     result = ingest_source(args.source, args.inputs, args.out, config, progress=not args.quiet)
     if result.skipped:
         print(f"{args.source}: inputs and config unchanged since the last build; nothing to do.")
@@ -101,15 +143,21 @@ def _add_mine(sub: Any) -> None:
         " numpy-mkl / numpy-openblas choose the numpy encoder's matrix products (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="mine even if the output manifest already matches")
+    _add_wait(parser)
     add_config_options(parser, MiningConfig, title="mining options (sentence-transformers' names)")
     parser.set_defaults(run=_run_mine)
 
 
 def _run_mine(args: argparse.Namespace) -> int:
     from pipeline.mining.config import MiningConfig
-    from pipeline.mining.job import mine_negatives
 
     config = config_from_args(args, MiningConfig)
+    return _locked(args.out, args, lambda: _mine(args, config))
+
+
+def _mine(args: argparse.Namespace, config: Any) -> int:
+    from pipeline.mining.job import mine_negatives
+
     manifest = mine_negatives(
         args.dataset_dir, args.out, config, cache_dir=args.cache_dir, device=args.device, force=args.force,
         encoder=args.encoder,
@@ -138,12 +186,13 @@ def _add_config(sub: Any) -> None:
     parser.add_argument("corpus_dir", type=Path, metavar="CORPUS_DIR")
     parser.add_argument("--out", type=Path, default=Path("data_config.json"), help="where to write (default: %(default)s)")
     parser.add_argument("--check", type=Path, metavar="CONFIG", help="only validate CONFIG against CORPUS_DIR; write nothing")
+    _add_wait(parser)
     add_config_options(parser, WeightPolicy, title="weight policy")
     parser.set_defaults(run=_run_config)
 
 
 def _run_config(args: argparse.Namespace) -> int:
-    from pipeline.sampling.data_config import load_data_config, meta_path, write_data_config
+    from pipeline.sampling.data_config import load_data_config
     from pipeline.sampling.policies import WeightPolicy
 
     if args.check:
@@ -151,6 +200,19 @@ def _run_config(args: argparse.Namespace) -> int:
         print(f"{args.check}: {len(entries)} entries, valid against {args.corpus_dir}")
         return 0
     policy = config_from_args(args, WeightPolicy)
+    if not args.corpus_dir.is_dir():
+        raise FileNotFoundError(f"corpus folder not found: {args.corpus_dir}")
+    corpus = args.corpus_dir.resolve()
+    if corpus in args.out.resolve().parents:
+        # Written into the corpus: a corpus file, so the corpus's writer lock. Elsewhere
+        # it is one file renamed into place, which needs none.
+        return _locked(corpus, args, lambda: _config(args, policy))
+    return _config(args, policy)
+
+
+def _config(args: argparse.Namespace, policy: Any) -> int:
+    from pipeline.sampling.data_config import meta_path, write_data_config
+
     entries = write_data_config(args.corpus_dir, args.out, policy)
     total = sum(e["weight"] for e in entries)
     width = max(len(e["name"]) for e in entries)
@@ -173,13 +235,13 @@ def _add_train(sub: Any) -> None:
         help="training processes: 1 (default), N (torchrun with N processes: one per GPU, or CPU processes with"
         " --device cpu) or auto (one per visible GPU)",
     )  # fmt: skip
+    _add_wait(parser)
     add_config_options(parser, TrainConfig, title="training options")
     parser.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from pipeline.train.config import TrainConfig
-    from pipeline.train.launch import launch_training
 
     nproc: int | str = args.nproc
     if nproc != "auto":
@@ -187,6 +249,12 @@ def _run_train(args: argparse.Namespace) -> int:
             return _fail(f"--nproc takes a positive integer or 'auto', got {nproc!r}")
         nproc = int(nproc)
     config = config_from_args(args, TrainConfig)
+    return _locked(args.out, args, lambda: _train(args, config, nproc))
+
+
+def _train(args: argparse.Namespace, config: Any, nproc: int | str) -> int:
+    from pipeline.train.launch import launch_training
+
     summary = launch_training(args.corpus_dir, args.config, args.out, config, nproc=nproc, log=print)
     if summary["skipped"]:
         print(f"{args.out} already holds this run (config hash {summary['config_hash'][:12]}): nothing to do")
@@ -215,16 +283,22 @@ def _add_evaluate(sub: Any) -> None:
         "--baseline", metavar="MODEL_DIR",
         help="the model to compare with (default: base_model of MODEL_DIR/train_config.json, else the packaged model)",
     )  # fmt: skip
-    parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="the report folder")
+    parser.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR", help="the report folder")
+    _add_wait(parser)
     add_config_options(parser, EvalConfig, title="evaluation options")
     parser.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate.config import EvalConfig
-    from pipeline.evaluate.task import evaluate_model
 
     config = config_from_args(args, EvalConfig)
+    return _locked(args.out, args, lambda: _evaluate(args, config))
+
+
+def _evaluate(args: argparse.Namespace, config: Any) -> int:
+    from pipeline.evaluate.task import evaluate_model
+
     report = evaluate_model(args.model_dir, args.baseline, config, args.out)
     width = max((len(row["name"]) for row in report["metrics"]), default=6)
     print(f"{'metric':<{width}}  {'model':>8}  {'baseline':>8}  {'delta':>8}")
@@ -259,25 +333,43 @@ def _add_run(sub: Any) -> None:
     parser.add_argument("--task-runner", default=None, metavar="SPEC",
                         help="where corpus tasks run: 'thread' (default), 'dask:local[:N]' (N worker processes) "
                              "or 'dask:tcp://HOST:8786' (an existing Dask scheduler); output is identical either way")  # fmt: skip
+    _add_wait(parser)
     parser.set_defaults(run=_run_run)
 
 
 def _run_parameters(args: argparse.Namespace) -> dict[str, Any]:
-    """The parent flow's parameters for the parsed ``run`` options."""
-    from flows.sources_file import read_sources_file
+    """The parent flow's parameters for the parsed ``run`` options, every input checked.
 
+    Everything a run would only find wrong inside the flow (an unknown source, a
+    missing or misplaced input, a model or benchmark file that does not exist) is
+    checked here, so that it is one line on stderr and not a failed flow run.
+    """
+    from flows.sources_file import absolute_path, read_sources_file
+    from pipeline.embed.models import resolve_model_path
+    from pipeline.ingest.plan import check_inputs
+
+    sources = read_sources_file(args.sources)
+    for entry in sources:
+        check_inputs(entry["source"], entry["inputs"])
+    if args.model:
+        resolve_model_path(args.model)
+    for kind, paths in (("STSb file", args.stsb), ("NLI benchmark input", args.nli)):
+        missing = [p for p in paths if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{kind} not found: {', '.join(missing)}")
     device = {"device": args.device} if args.device else {}
-    model = {"model": args.model} if args.model else {}
+    model = {"model": absolute_path(args.model)} if args.model else {}
     return {
-        "sources": read_sources_file(args.sources),
+        "sources": sources,
         "out_dir": str(args.out),
         "mining": model,
         "training": {**model, **device, "max_steps": args.max_steps, "batch_size": args.batch_size},
-        "evaluation": {**device, "stsb": list(args.stsb), "nli": list(args.nli)},
+        "evaluation": {**device, "stsb": [absolute_path(p) for p in args.stsb], "nli": [absolute_path(p) for p in args.nli]},
         "train_deployment": args.train_deployment,
         "evaluate_deployment": args.evaluate_deployment,
         "stop_after": args.stop_after,
         "task_runner": args.task_runner,
+        "wait_for_lock": args.wait,
     }
 
 
@@ -320,11 +412,18 @@ def _prefect_defaults() -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    from flows.paths import corpus_paths
     from flows.runners import parse_runner_spec
 
     _prefect_defaults()
     parameters = _run_parameters(args)
     parse_runner_spec(args.task_runner)  # fail fast, before starting Prefect
+    # The flow locks its corpus too; taken here first, a busy corpus is one line on
+    # stderr before Prefect starts (the flow's own lock is then this process's).
+    return _locked(corpus_paths(args.out)["corpus"], args, lambda: _run_flow(parameters))
+
+
+def _run_flow(parameters: dict[str, Any]) -> int:
     from flows.parent_flow import pairforge_pipeline
 
     summary = pairforge_pipeline(**parameters)
@@ -336,16 +435,24 @@ def _add_verify(sub: Any) -> None:
     parser = sub.add_parser("verify", help="rebuild a corpus in a temporary folder and check it is byte-identical")
     parser.add_argument("corpus_dir", type=Path, metavar="CORPUS_DIR", help="a corpus built by `pairforge run` (OUT/corpus)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the temporary rebuild goes (default: system temp)")
+    _add_wait(parser)
     parser.set_defaults(run=_run_verify)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
     """Rebuild and compare; 0 when identical, 1 when not."""
-    _prefect_defaults()
-    from flows.verify import read_build_spec, verify_corpus
+    from flows.verify import read_build_spec
 
-    read_build_spec(args.corpus_dir)  # fail fast, before starting Prefect
-    result = verify_corpus(str(args.corpus_dir), str(args.work_dir) if args.work_dir else None)
+    read_build_spec(args.corpus_dir)  # fail fast (no build.json, an input moved), before starting Prefect
+    # No writer may change the corpus while it is compared.
+    return _locked(args.corpus_dir, args, lambda: _verify(args))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from flows.verify import verify_corpus
+
+    result = verify_corpus(str(args.corpus_dir), str(args.work_dir) if args.work_dir else None, wait_for_lock=args.wait)
     if result["identical"]:
         print(f"{args.corpus_dir}: identical ({result['checked']} shards, manifests and data_config.json checked)")
         return 0
@@ -360,25 +467,59 @@ def _run_verify(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[Any], None]] = [_add_ingest, _add_mine, _add_config, _add_train, _add_evaluate, _add_run, _add_verify]
 
 
+DEBUG_ENV = "PAIRFORGE_DEBUG"
+_DEBUG_HELP = f"on an error, print the traceback too (or set {DEBUG_ENV}=1)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = _Parser(
         prog="pairforge",
         description="Raw text dumps in; sentence-pair corpora, mined negatives, data_config.json and trained models out.",
+        epilog="exit codes: 0 done; 1 done, but an input failed (named on stderr and in the manifest);"
+        " 2 a usage or input error, or another process writing the output folder (one line on stderr);"
+        " 3 an internal error (rerun with --debug for the traceback).",
     )
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():
+        # `pairforge ingest --debug ...` as well as `pairforge --debug ingest ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
 
 
+# Errors of the input, the arguments or the environment that a user can act on: each
+# message names the thing (the library's contract) and becomes one line, exit 2.
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from pipeline.corpus.locks import FolderLockedError
+    from pipeline.io.errors import InputFileError
+
+    return (FolderLockedError, InputFileError, ValueError, OSError)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an exception: its message (an ``OSError`` from the system: ``PATH: reason``)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        names = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+        text = f"{names}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pairforge`` console script."""
+    """Entry point of the ``pairforge`` console script.
+
+    Returns the exit code (see the module docstring). A user error is one line on
+    stderr, ``pairforge: error: ...``; with ``--debug`` or ``PAIRFORGE_DEBUG=1`` its
+    traceback comes first.
+    """
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError) as exc:
-        return _fail(str(exc))
     except KeyboardInterrupt:
         print("pairforge: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -386,6 +527,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
         sys.stderr.close()
         return 0
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, _user_error_types()):
+            return _fail(error_line(exc))
+        hint = "" if debug else "; rerun with --debug for the traceback"
+        print(f"pairforge: internal error: {type(exc).__name__}: {error_line(exc)} (a bug{hint})", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.config_options import build_config
+from flows.locking import flow_lock
 from flows.paths import corpus_paths
 
 
@@ -28,12 +29,13 @@ def write_config_file(corpus_dir: str, out_path: str, policy: dict[str, Any] | N
 
 
 @flow(name="write-config", log_prints=True)
-def write_config(out_dir: str, policy: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def write_config(out_dir: str, policy: dict[str, Any] | None = None, wait_for_lock: bool = False) -> list[dict[str, Any]]:
     """Write ``corpus/data_config.json``: ``[{name, lines, weight}, ...]``.
 
     Args:
         out_dir: the output root holding ``corpus/``.
         policy: :class:`pipeline.sampling.WeightPolicy` overrides, e.g. ``{"kind": "temperature", "alpha": 0.5}``.
+        wait_for_lock: wait for another writer of the corpus instead of failing at once.
 
     Returns:
         The entries written.
@@ -41,7 +43,8 @@ def write_config(out_dir: str, policy: dict[str, Any] | None = None) -> list[dic
     from prefect.artifacts import create_table_artifact
 
     paths = corpus_paths(out_dir)
-    entries = write_config_file(str(paths["corpus"]), str(paths["data_config"]), policy)
+    with flow_lock(paths["corpus"], wait_for_lock):
+        entries = write_config_file(str(paths["corpus"]), str(paths["data_config"]), policy)
     create_table_artifact(key="pairforge-config", table=entries, description=f"`{paths['data_config']}`")
     get_run_logger().info("wrote %s: %d datasets", paths["data_config"], len(entries))
     return entries

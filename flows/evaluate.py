@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.config_options import build_config
+from flows.locking import flow_lock
 
 EVALUATE_TIMEOUT_S = 6 * 3600
 
@@ -29,6 +30,7 @@ def evaluate(
     stsb: list[str] | None = None,
     nli: list[str] | None = None,
     options: dict[str, Any] | None = None,
+    wait_for_lock: bool = False,
 ) -> dict[str, Any]:
     """Score ``model_dir`` and its baseline; publish the comparison table.
 
@@ -40,6 +42,7 @@ def evaluate(
         stsb: STSb benchmark files.
         nli: NLI benchmark files or folders.
         options: further :class:`pipeline.evaluate.config.EvalConfig` overrides.
+        wait_for_lock: wait for another writer of the report folder instead of failing at once.
 
     Returns:
         The report, as written to ``report.json``.
@@ -52,7 +55,8 @@ def evaluate(
     overrides: dict[str, Any] = {"stsb": stsb or [], "nli": nli or [], "corpus": corpus_dir, "show_progress": False}
     overrides.update(options or {})
     config = build_config(EvalConfig, overrides)
-    report = evaluate_model(Path(model_dir), Path(baseline_dir) if baseline_dir else None, config, Path(report_dir))
+    with flow_lock(report_dir, wait_for_lock):
+        report = evaluate_model(Path(model_dir), Path(baseline_dir) if baseline_dir else None, config, Path(report_dir))
     markdown = report_markdown(report)
     create_markdown_artifact(key="pairforge-evaluation", markdown=markdown, description=f"evaluation of `{model_dir}`")
     logger.info("evaluation verdict: %s (report in %s)", report["summary"]["verdict"], report_dir)

@@ -24,7 +24,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import publish_stage_table
 from flows.config_options import build_config
+from flows.locking import flow_lock
 from flows.paths import corpus_paths
+from flows.sources_file import absolute_sources
 
 # Per-file and per-dataset work on full dumps takes minutes to hours; a stage stuck far
 # longer than that is hung. Timeouts sit on the flows, not on their tasks: tasks run in
@@ -93,21 +95,31 @@ def _log_manifests(manifests: Sequence[dict[str, Any]]) -> None:
 
 
 @flow(name="build-corpus", log_prints=True, timeout_seconds=INGEST_TIMEOUT_S)
-def build_corpus(sources: list[dict[str, Any]], out_dir: str, ingest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def build_corpus(
+    sources: list[dict[str, Any]], out_dir: str, ingest: dict[str, Any] | None = None, wait_for_lock: bool = False
+) -> list[dict[str, Any]]:
     """Ingest every input file of every source, then finalize each source's datasets.
 
     A source whose datasets already match their inputs (by content hash) and config is
     skipped whole; otherwise each input file is one ``stage-file`` task (a staged file
     that matches is reused), then one ``finalize-source`` task writes its datasets.
+    The corpus is held for the whole flow (:mod:`flows.locking`); inputs are named by
+    absolute path (:func:`flows.sources_file.absolute_sources`).
 
     Args:
         sources: ``[{"source": "nli", "inputs": ["a.jsonl", ...]}, ...]``.
         out_dir: the output root (``corpus/`` goes under it).
         ingest: :class:`pipeline.ingest.IngestConfig` overrides.
+        wait_for_lock: wait for another writer of the corpus instead of failing at once.
 
     Returns:
         The manifests of every dataset, in source order.
     """
+    with flow_lock(corpus_paths(out_dir)["corpus"], wait_for_lock):
+        return _build(absolute_sources(sources), out_dir, ingest)
+
+
+def _build(sources: list[dict[str, Any]], out_dir: str, ingest: dict[str, Any] | None) -> list[dict[str, Any]]:
     corpus = str(corpus_paths(out_dir)["corpus"])
     logger = get_run_logger()
     # Planning hashes a rebuild's inputs: submitted, the sources are planned in parallel

@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import publish_stage_table
 from flows.config_options import build_config
+from flows.locking import flow_lock
 from flows.paths import corpus_paths, mined_name
 
 MINE_TIMEOUT_S = 12 * 3600
@@ -111,7 +112,11 @@ def _mine_split(dataset: str, prepared: Any):
 
 @flow(name="mine-negatives", log_prints=True, timeout_seconds=MINE_TIMEOUT_S)
 def mine_corpus(
-    out_dir: str, datasets: list[str], mining: dict[str, Any] | None = None, encode_slice_texts: int = ENCODE_SLICE_TEXTS
+    out_dir: str,
+    datasets: list[str],
+    mining: dict[str, Any] | None = None,
+    encode_slice_texts: int = ENCODE_SLICE_TEXTS,
+    wait_for_lock: bool = False,
 ) -> list[dict[str, Any]]:
     """Mine hard negatives for ``datasets`` of the corpus.
 
@@ -127,11 +132,18 @@ def mine_corpus(
         datasets: names of pair datasets to mine (each gets a ``<name>-mined`` folder).
         mining: :class:`pipeline.mining.MiningConfig` overrides.
         encode_slice_texts: texts per encode task on a Dask cluster.
+        wait_for_lock: wait for another writer of the corpus instead of failing at once
+            (the corpus is held for the whole flow: :mod:`flows.locking`).
 
     Returns:
         The manifests of the mined datasets.
     """
     corpus = corpus_paths(out_dir)["corpus"]
+    with flow_lock(corpus, wait_for_lock):
+        return _mine(corpus, datasets, mining, encode_slice_texts)
+
+
+def _mine(corpus: Path, datasets: list[str], mining: dict[str, Any] | None, encode_slice_texts: int) -> list[dict[str, Any]]:
     split = _on_dask()
     futures: list[Any] = []
     for dataset in datasets:

@@ -14,6 +14,17 @@ pools via ``run_deployment``, linked to this run as subflows; without them (the
 embedded default) they run in-process. Every worker must then see ``out_dir``.
 ``task_runner`` (flows/runners.py) runs the tasks of build-corpus and mine-negatives
 on a Dask cluster instead of threads; the output is byte-identical either way.
+
+One writer at a time: the flow holds its corpus folder (``out_dir/corpus``) from the
+first stage to the last, training and evaluation included, as these read it
+(:mod:`flows.locking`); a second run writing the same folder fails at once with the
+holder named, or waits with ``wait_for_lock``. The model and report folders are
+locked by the train and evaluate flows, which may run as deployment runs elsewhere.
+
+Inputs are named by absolute path (:func:`flows.sources_file.absolute_sources`), and
+so are model and extra-corpus folders given to mining: manifests, shards and
+``build.json`` then mean the same files from any working folder, and
+``pairforge verify`` rebuilds from build.json byte for byte wherever it runs.
 """
 
 from __future__ import annotations
@@ -31,9 +42,11 @@ from flows.artifacts import Progress
 from flows.data_config import write_config
 from flows.evaluate import evaluate
 from flows.ingest import build_corpus
+from flows.locking import flow_lock
 from flows.mine import mine_corpus, pair_datasets
 from flows.paths import corpus_paths
 from flows.runners import dask_cluster, shared_prefect_api, with_runner
+from flows.sources_file import absolute_path, absolute_sources
 from flows.train import train
 
 StopAfter = Literal["config", "train", "evaluate"]
@@ -82,8 +95,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _train_stage(paths: dict[str, Path], model_dir: Path, options: dict[str, Any] | None, deployment: str | None) -> dict[str, Any]:
-    parameters = {"corpus_dir": str(paths["corpus"]), "data_config": str(paths["data_config"]), "model_dir": str(model_dir), "options": options}
+def _train_stage(
+    paths: dict[str, Path], model_dir: Path, options: dict[str, Any] | None, deployment: str | None, wait: bool
+) -> dict[str, Any]:
+    parameters = {
+        "corpus_dir": str(paths["corpus"]), "data_config": str(paths["data_config"]), "model_dir": str(model_dir),
+        "options": options, "wait_for_lock": wait,
+    }  # fmt: skip
     if deployment is None:
         return train(**parameters)
     run_stage_deployment(deployment, parameters, f"{current_flow_run.id}-train")
@@ -93,11 +111,12 @@ def _train_stage(paths: dict[str, Path], model_dir: Path, options: dict[str, Any
 
 
 def _evaluate_stage(
-    paths: dict[str, Path], model_dir: Path, report_dir: Path, baseline_dir: str | None, options: dict[str, Any] | None, deployment: str | None
+    paths: dict[str, Path], model_dir: Path, report_dir: Path, baseline_dir: str | None, options: dict[str, Any] | None,
+    deployment: str | None, wait: bool,
 ) -> dict[str, Any]:
     parameters = {
         "model_dir": str(model_dir), "report_dir": str(report_dir), "corpus_dir": str(paths["corpus"]),
-        "baseline_dir": baseline_dir, "options": options,
+        "baseline_dir": baseline_dir, "options": options, "wait_for_lock": wait,
     }
     if deployment is None:
         return evaluate(**parameters)
@@ -105,6 +124,21 @@ def _evaluate_stage(
     from pipeline.evaluate.task import REPORT_NAME
 
     return _read_json(report_dir / REPORT_NAME)
+
+
+def absolute_mining(mining: dict[str, Any] | None) -> dict[str, Any]:
+    """Mining overrides with the model and extra-corpus folders absolute (when they are paths that exist).
+
+    The mined manifest records them as given: absolute, a rebuild from another working
+    folder finds them and writes the same bytes.
+    """
+    options = dict(mining or {})
+    model = options.get("model")
+    if isinstance(model, str) and model not in ("", "default") and Path(model).exists():
+        options["model"] = absolute_path(model)
+    if options.get("extra_corpus"):
+        options["extra_corpus"] = [absolute_path(p) if Path(p).exists() else p for p in options["extra_corpus"]]
+    return options
 
 
 @flow(name="pairforge-pipeline", log_prints=True)
@@ -121,6 +155,7 @@ def pairforge_pipeline(
     evaluate_deployment: str | None = None,
     stop_after: StopAfter = "evaluate",
     task_runner: str | None = None,
+    wait_for_lock: bool = False,
 ) -> dict[str, Any]:
     """Build the corpus, mine negatives, write data_config.json, train, evaluate.
 
@@ -138,14 +173,43 @@ def pairforge_pipeline(
         stop_after: the last stage to run: ``config`` (corpus only), ``train`` or ``evaluate``.
         task_runner: where the corpus tasks run: None (threads), ``dask:local[:N]`` or
             ``dask:tcp://scheduler:8786`` (:func:`flows.runners.parse_runner_spec`).
+        wait_for_lock: when another process writes the corpus (or the model or report
+            folder), wait for it instead of failing at once.
 
     Returns:
         The run's summary (see the module docstring).
+
+    Raises:
+        pipeline.corpus.locks.FolderLockedError: another process writes the corpus, the
+            model or the report folder (without ``wait_for_lock``).
     """
+    paths = corpus_paths(out_dir)
+    with flow_lock(paths["corpus"], wait_for_lock):
+        return _pipeline(
+            paths, absolute_sources(sources), ingest, absolute_mining(mining), mine, policy, training, evaluation,
+            train_deployment, evaluate_deployment, stop_after, task_runner, wait_for_lock,
+        )  # fmt: skip
+
+
+def _pipeline(
+    paths: dict[str, Path],
+    sources: list[dict[str, Any]],
+    ingest: dict[str, Any] | None,
+    mining: dict[str, Any],
+    mine: list[str] | None,
+    policy: dict[str, Any] | None,
+    training: dict[str, Any] | None,
+    evaluation: dict[str, Any] | None,
+    train_deployment: str | None,
+    evaluate_deployment: str | None,
+    stop_after: StopAfter,
+    task_runner: str | None,
+    wait: bool,
+) -> dict[str, Any]:
+    """The stages of :func:`pairforge_pipeline`, its corpus held."""
     from pipeline.corpus.files import atomic_write_json
 
     logger = get_run_logger()
-    paths = corpus_paths(out_dir)
     out = paths["out"]
     model_dir, report_dir = paths["model"], paths["report"]
     stages = ["ingest", "mine", "config", "train", "evaluate"]
@@ -159,10 +223,11 @@ def pairforge_pipeline(
         mined = with_runner(mine_corpus, runner)(str(out), pair_datasets(datasets) if mine is None else mine, mining)
         progress.advance("mine")
     entries = write_config(str(out), policy)
-    # What verify needs to rebuild this corpus: the inputs and every corpus config.
+    # What verify needs to rebuild this corpus: the inputs (absolute paths, as the
+    # manifests name them) and every corpus config.
     atomic_write_json(
         paths["build_spec"],
-        {"sources": sources, "ingest": ingest or {}, "mining": mining or {}, "mine": mine, "policy": policy or {}},
+        {"sources": sources, "ingest": ingest or {}, "mining": mining, "mine": mine, "policy": policy or {}},
     )
     progress.advance("config")
 
@@ -175,7 +240,7 @@ def pairforge_pipeline(
         "config_entries": entries,
     }
     if stop_after in ("train", "evaluate"):
-        summary["train"] = _train_stage(paths, model_dir, training, train_deployment)
+        summary["train"] = _train_stage(paths, model_dir, training, train_deployment, wait)
         summary["model_dir"] = str(model_dir)
         progress.advance("train")
     if stop_after == "evaluate":
@@ -183,7 +248,7 @@ def pairforge_pipeline(
 
         # The baseline is the model training started from (None: the packaged default).
         baseline_dir = (training or {}).get("model")
-        report = _evaluate_stage(paths, model_dir, report_dir, baseline_dir, evaluation, evaluate_deployment)
+        report = _evaluate_stage(paths, model_dir, report_dir, baseline_dir, evaluation, evaluate_deployment, wait)
         summary["report_dir"] = str(report_dir)
         summary["evaluation"] = {"verdict": report["summary"]["verdict"], "markdown": report_markdown(report)}
         progress.advance("evaluate")

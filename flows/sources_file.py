@@ -7,6 +7,7 @@ each input path resolved (see :func:`read_sources_file`).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,29 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCES_FILE = PROJECT_ROOT / "examples" / "sources.json"
 
 
-def read_sources_file(path: Path) -> list[dict[str, Any]]:
-    """The ``[{"source", "inputs"}]`` list of a sources file, inputs resolved.
+def absolute_path(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute against the working folder, ``..`` folded, symlinks kept as given."""
+    return os.path.abspath(os.fspath(path))
 
-    A relative input path is kept as written when it exists from the current folder
-    (so manifests name it as the user did); otherwise it is taken relative to the
-    folder above the sources file (the project root for ``examples/sources.json``).
+
+def absolute_sources(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``sources`` with every input path absolute (:func:`absolute_path`); other keys kept.
+
+    The flows name inputs by absolute path: a flow's tasks may run in other processes
+    and on other hosts (Dask workers, deployment runs) whose working folder is not the
+    caller's, and the names end up in manifests, shards and build.json, where they must
+    mean the same file from any working folder (``pairforge verify`` rebuilds from them).
+    """
+    return [{**entry, "inputs": [absolute_path(p) for p in entry["inputs"]]} for entry in sources]
+
+
+def read_sources_file(path: Path) -> list[dict[str, Any]]:
+    """The ``[{"source", "inputs"}]`` list of a sources file, each input an absolute path.
+
+    A relative input path is taken from the current folder when it exists there;
+    otherwise relative to the folder above the sources file (the project root for
+    ``examples/sources.json``). Either way it is returned absolute (see
+    :func:`absolute_sources`).
 
     Raises:
         FileNotFoundError: the file or one of its inputs does not exist.
@@ -31,8 +49,12 @@ def read_sources_file(path: Path) -> list[dict[str, Any]]:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and {"source", "inputs"} <= e.keys() for e in entries):
-        raise ValueError(f'{path}: expected a list of {{"source": NAME, "inputs": [PATH, ...]}} objects')
+    if not isinstance(entries, list) or not entries or not all(
+        isinstance(e, dict) and {"source", "inputs"} <= e.keys() and isinstance(e["source"], str)
+        and isinstance(e["inputs"], list) and all(isinstance(p, str) for p in e["inputs"])
+        for e in entries
+    ):  # fmt: skip
+        raise ValueError(f'{path}: expected a non-empty list of {{"source": NAME, "inputs": [PATH, ...]}} objects')
     base = path.resolve().parent.parent
     resolved = []
     for entry in entries:
@@ -43,6 +65,6 @@ def read_sources_file(path: Path) -> list[dict[str, Any]]:
                 candidate = base / raw
             if not candidate.exists():
                 raise FileNotFoundError(f"{path}: input of source {entry['source']!r} not found: {raw}")
-            inputs.append(str(candidate))
+            inputs.append(absolute_path(candidate))
         resolved.append({"source": entry["source"], "inputs": inputs})
     return resolved

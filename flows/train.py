@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.config_options import build_config
+from flows.locking import flow_lock
 
 # A run on the full corpus takes hours; two days is a hung run, not a slow one.
 # log_prints stays off: libraries print bytecode dumps and progress while training.
@@ -35,6 +36,7 @@ def train(
     model_dir: str,
     options: dict[str, Any] | None = None,
     nproc: int | Literal["auto"] = "auto",
+    wait_for_lock: bool = False,
 ) -> dict[str, Any]:
     """Train a sentence-embedding model on the weighted datasets of ``data_config``.
 
@@ -46,6 +48,8 @@ def train(
         nproc: training processes: ``"auto"`` for one per visible GPU (in this process
             with 0 or 1 GPU, under torchrun with more), or a count (1: in this process;
             N > 1: torchrun with N processes, CPU processes when ``device`` is ``cpu``).
+        wait_for_lock: wait for another writer of the model folder instead of failing at
+            once (the folder is held for the whole run: :mod:`flows.locking`).
 
     Returns:
         The summary of :func:`pipeline.train.train_model` (steps, losses, datasets...)
@@ -57,7 +61,8 @@ def train(
     logger = get_run_logger()
     config = build_config(TrainConfig, options)
     logger.info("training %s on %s (%s) into %s", config.model or "the default model", corpus_dir, data_config, model_dir)
-    summary = launch_training(Path(corpus_dir), Path(data_config), Path(model_dir), config, nproc=nproc, log=logger.info)
+    with flow_lock(model_dir, wait_for_lock):
+        summary = launch_training(Path(corpus_dir), Path(data_config), Path(model_dir), config, nproc=nproc, log=logger.info)
     if summary.get("skipped"):
         logger.info("model in %s is up to date (config hash %s): not retrained", model_dir, summary["config_hash"][:12])
     else:

@@ -8,7 +8,15 @@ In: a corpus folder written by the ``pairforge-pipeline`` flow (it holds
 
 Manifests name the folders they were built in (a mined dataset records the path of
 the dataset it was mined from), so each manifest is compared with its corpus root
-replaced by ``<corpus>``; every other byte must match.
+replaced by ``<corpus>``; every other byte must match. Inputs are another matter:
+manifests and shards name them as the build was given them, and the pipeline flow
+gives them as absolute paths (:func:`flows.sources_file.absolute_sources`), which
+build.json records, so the rebuild names them identically from any working folder. An
+input that is no longer where build.json says makes :func:`read_build_spec` fail with
+``input not found: <path>``: a rebuild needs the very files.
+
+The corpus is held (:mod:`flows.locking`) while it is rebuilt and compared: no writer
+changes it under the comparison, and verify waits or fails when one is writing it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.locking import flow_lock
 from flows.parent_flow import pairforge_pipeline
 from flows.paths import BUILD_SPEC_NAME, corpus_paths
 
@@ -79,29 +88,56 @@ def compare_corpora(expected_dir: str | Path, actual_dir: str | Path) -> dict[st
 
 
 def read_build_spec(corpus_dir: str | Path) -> dict[str, Any]:
-    """The ``build.json`` of a corpus.
+    """The ``build.json`` of a corpus, every input it names checked to be where it says.
 
     Raises:
-        FileNotFoundError: the corpus was not built by the pipeline flow (no build.json).
+        FileNotFoundError: the corpus folder does not exist, it was not built by the
+            pipeline flow (no build.json), or an input is not found (the message names it).
+        ValueError: build.json is not what the pipeline flow writes.
     """
-    path = Path(corpus_dir) / BUILD_SPEC_NAME
+    folder = Path(corpus_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"corpus folder not found: {folder}")
+    path = folder / BUILD_SPEC_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: verify needs a corpus built by `pairforge run` (it records its inputs there)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        inputs = [str(p) for entry in spec["sources"] for p in entry["inputs"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a build record of `pairforge run` ({type(exc).__name__}: {exc})") from None
+    for raw in inputs:
+        if not Path(raw).exists():
+            where = "" if Path(raw).is_absolute() else f", relative to {Path.cwd()}"
+            raise FileNotFoundError(f"input not found: {raw}{where} (named in {path}; a rebuild needs the inputs it was built from)")
+    return spec
 
 
 @flow(name="pairforge-verify", log_prints=True)
-def verify_corpus(corpus_dir: str, work_dir: str | None = None) -> dict[str, Any]:
+def verify_corpus(corpus_dir: str, work_dir: str | None = None, wait_for_lock: bool = False) -> dict[str, Any]:
     """Rebuild ``corpus_dir`` from its build.json into a temporary folder and compare.
 
     Args:
         corpus_dir: the corpus to check (``OUT/corpus``).
         work_dir: where the temporary rebuild goes (default: the system temp folder).
+        wait_for_lock: when another process writes the corpus, wait for it instead of failing.
 
     Returns:
         The comparison (see :func:`compare_corpora`) plus ``corpus_dir``.
     """
     spec = read_build_spec(corpus_dir)
+    with flow_lock(corpus_dir, wait_for_lock):
+        result = _rebuild_and_compare(corpus_dir, spec, work_dir)
+    verdict = "identical" if result["identical"] else "DIFFERENT"
+    lines = [f"# Rebuild of `{corpus_dir}`: {verdict}", "", f"{result['checked']} files checked."]
+    for key in ("differ", "missing", "extra"):
+        lines += [f"- {key}: `{p}`" for p in result[key]]
+    create_markdown_artifact(key="pairforge-verify", markdown="\n".join(lines) + "\n")
+    get_run_logger().info("verify %s: %s (%d files checked)", corpus_dir, verdict, result["checked"])
+    return result | {"corpus_dir": str(corpus_dir)}
+
+
+def _rebuild_and_compare(corpus_dir: str, spec: dict[str, Any], work_dir: str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pairforge-verify-", dir=work_dir) as rebuild:
         pairforge_pipeline(
             sources=spec["sources"],
@@ -112,11 +148,4 @@ def verify_corpus(corpus_dir: str, work_dir: str | None = None) -> dict[str, Any
             policy=spec.get("policy"),
             stop_after="config",
         )
-        result = compare_corpora(corpus_dir, corpus_paths(rebuild)["corpus"])
-    verdict = "identical" if result["identical"] else "DIFFERENT"
-    lines = [f"# Rebuild of `{corpus_dir}`: {verdict}", "", f"{result['checked']} files checked."]
-    for key in ("differ", "missing", "extra"):
-        lines += [f"- {key}: `{p}`" for p in result[key]]
-    create_markdown_artifact(key="pairforge-verify", markdown="\n".join(lines) + "\n")
-    get_run_logger().info("verify %s: %s (%d files checked)", corpus_dir, verdict, result["checked"])
-    return result | {"corpus_dir": str(corpus_dir)}
+        return compare_corpora(corpus_dir, corpus_paths(rebuild)["corpus"])

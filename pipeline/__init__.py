@@ -12,6 +12,11 @@ arguments, what it returns and an example)::
     train_model("corpus/", "corpus/data_config.json", "model/", TrainConfig(max_steps=100))
     evaluate_model("model/", None, EvalConfig(corpus="corpus/"), "eval/")
 
+The stage functions take no lock on the folders they write: the ``pairforge``
+commands and the flows hold them (one writer per output folder,
+:mod:`pipeline.corpus.locks`). A library caller that other processes may race wraps
+its call in ``with writer_lock(out_dir):``.
+
 The stages are subpackages (``ingest``, ``mining``, ``sampling``, ``train``,
 ``evaluate``) over a shared on-disk contract (``corpus``), file readers (``io``) and
 embeddings (``embed``). Plain Python: nothing in this package imports Prefect or

@@ -3,14 +3,16 @@
 In: nothing. Out: the project's paths (:data:`ROOT`, :data:`TEST_DATA`, :data:`EXAMPLES`,
 :data:`SHARED_DATA`), :func:`build_tiny_model` (a tiny random BERT sentence-transformer),
 :func:`write_dataset` (a dataset folder with shards and a manifest, as ingest writes
-one) and :func:`write_pairs` (the same from ``{anchor, positive}`` rows), :func:`tree_hashes` (the bytes of every file under a folder) and
-:func:`load_jsonl`.
+one) and :func:`write_pairs` (the same from ``{anchor, positive}`` rows), :func:`tree_hashes` (the bytes of every file under a folder),
+:func:`load_jsonl` and :class:`LockHolder` (another process holding an output folder's writer lock).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -133,3 +135,34 @@ def tree_hashes(root: Path) -> dict[str, str]:
 def load_jsonl(path: Path) -> list[dict]:
     """The JSON objects of a JSON-lines file (blank lines skipped)."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+_HOLDER = """
+import sys
+from pipeline.corpus.locks import writer_lock
+with writer_lock(sys.argv[1], command="holder of " + sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin (or kills us)
+"""
+
+
+class LockHolder:
+    """Another process holding ``folder``'s lock until :meth:`release` (or a kill)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(folder)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout.readline().strip() == "held"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def release(self) -> None:
+        self.process.stdin.close()
+        assert self.process.wait(timeout=60) == 0
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=60)

@@ -10,7 +10,8 @@ A corpus is a folder of dataset folders. A dataset folder holds training shards
   and its accounting rule (``rows_read == rows_kept + sum(dropped)``), drop tallies;
 * :mod:`pipeline.corpus.shards`: the atomic Parquet shard writer;
 * :mod:`pipeline.corpus.folders`: dataset names that cannot escape the root, discovery;
-* :mod:`pipeline.corpus.files`: atomic files, content and config hashes.
+* :mod:`pipeline.corpus.files`: atomic files, content and config hashes;
+* :mod:`pipeline.corpus.locks`: one writer per output folder (``writer_lock``).
 
 docs/corpus-format.md describes the files field by field.
 """

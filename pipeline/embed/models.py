@@ -22,6 +22,8 @@ from pipeline.devices import pick_device, use_local_models_only
 # thread-safe: flows load models in worker threads, several at once.
 HEAVY_IMPORT_LOCK = threading.Lock()
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+# A folder holding one of these is a model folder (sentence-transformers, transformers).
+_MODEL_MARKERS = ("modules.json", "config.json")
 
 
 def default_model_path() -> Path:
@@ -41,11 +43,17 @@ def resolve_model_path(model: str | os.PathLike[str] | None) -> Path:
 
     Raises:
         FileNotFoundError: the folder does not exist (models are never downloaded).
+        ValueError: the folder holds no model (neither ``modules.json`` nor ``config.json``).
     """
     path = default_model_path() if model in (None, "", "default") else Path(model)
     if not path.is_dir():
         raise FileNotFoundError(
             f"model folder not found: {path} (pairforge loads models from local folders only; nothing is downloaded)"
+        )
+    if not any((path / name).is_file() for name in _MODEL_MARKERS):
+        raise ValueError(
+            f"{path}: not a model folder: expected a sentence-transformers or transformers model saved there"
+            f" ({' or '.join(_MODEL_MARKERS)})"
         )
     return path
 

@@ -324,7 +324,15 @@ class Benchmarks:
 
 
 def load_benchmarks(config: EvalConfig) -> Benchmarks:
-    """Read every benchmark input the config names; fail early, before any model loads."""
+    """Read every benchmark input the config names; fail early, before any model loads.
+
+    Raises:
+        FileNotFoundError: a benchmark file (or the corpus) does not exist; the message says which kind.
+    """
+    for kind, paths in (("STSb file", config.stsb), ("NLI benchmark input", config.nli)):
+        missing = [str(p) for p in paths if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{kind} not found: {', '.join(missing)}")
     stsb = [read_stsb(path) for path in config.stsb]
     triplets = [read_nli_input(path, max_rows=config.max_heldout_rows) for path in config.nli]
     heldout = []

@@ -93,6 +93,44 @@ class IngestPlan:
         return manifests
 
 
+def check_inputs(source: str, inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Check that ``inputs`` are inputs ``source`` can read, before anything is read or written.
+
+    Each input must exist, be readable, be a file (a folder only for a source with
+    ``FOLDER_INPUTS``), not be empty, and pass the source's own ``check_input`` (its
+    companion files, its file names). What a file holds is only known once it is
+    read: a file of which no row can be read fails on its own (the command exits 1).
+
+    Returns:
+        The inputs as paths, in the order given.
+
+    Raises:
+        FileNotFoundError: an input does not exist (the message names every one).
+        PermissionError: an input cannot be read.
+        ValueError: an unknown source, no inputs, a folder or an empty file, or an
+            input laid out otherwise than the source reads (:class:`~pipeline.io.errors.InputLayoutError`).
+    """
+    module = get_source(source)
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError(f"no input files given for source {source!r}")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"input not found: {', '.join(missing)}")
+    for path in paths:
+        if not os.access(path, os.R_OK) or (path.is_dir() and not os.access(path, os.X_OK)):
+            raise PermissionError(f"input not readable: {path} (permission denied)")
+        if path.is_dir():
+            if not getattr(module, "FOLDER_INPUTS", False):
+                raise ValueError(f"{path} is a folder: the {source} source reads files (give the files in it)")
+        elif path.is_file() and path.stat().st_size == 0:
+            raise ValueError(f"input is empty: {path} (0 bytes): expected a file of {source} rows")
+        check = getattr(module, "check_input", None)
+        if check is not None:
+            check(path)
+    return paths
+
+
 def plan_ingest(
     source: str, inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], config: IngestConfig | None = None
 ) -> IngestPlan:
@@ -103,17 +141,12 @@ def plan_ingest(
 
     Raises:
         FileNotFoundError: an input does not exist.
-        ValueError: an unknown source or option, no inputs, or a ``datasets`` selection
-            the inputs do not make.
+        PermissionError: an input cannot be read.
+        ValueError: an unknown source or option, no inputs, an input the source does not
+            read (:func:`check_inputs`), or a ``datasets`` selection the inputs do not make.
     """
     config = config or IngestConfig()
-    get_source(source)
-    paths = [Path(p) for p in inputs]
-    if not paths:
-        raise ValueError(f"no input files given for source {source!r}")
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"input not found: {', '.join(missing)}")
+    paths = check_inputs(source, inputs)
     names = tuple(str(p) for p in paths)
     specs = planned_datasets(source, paths, config)
     entries: list[dict[str, Any]] | None = None
@@ -147,7 +180,8 @@ def ingest_source(
 
     Stages every input file, then finalizes the source's datasets (see
     :mod:`pipeline.ingest`), in this process. A rerun skips what is up to date and
-    reuses what was staged, so a killed run resumes.
+    reuses what was staged, so a killed run resumes. It takes no lock on ``out_dir``:
+    ``pairforge ingest`` and the flows hold it (:func:`pipeline.corpus.locks.writer_lock`).
 
     Args:
         source: a source name (``nli``, ``qqp``, ``reddit``, ``s2orc``, ``specter``, ``pairs``).
@@ -162,7 +196,9 @@ def ingest_source(
 
     Raises:
         FileNotFoundError: an input does not exist.
-        ValueError: an unknown source or option.
+        PermissionError: an input cannot be read.
+        ValueError: an unknown source or option, or an input the source does not read
+            (a folder, an empty file, a missing companion file: :func:`check_inputs`).
 
     Example::
 

@@ -72,7 +72,9 @@ def stage_file(
 
     Returns the staged folder. Reuses a staged folder whose input hash and config
     match. A truncated or corrupt archive does not raise: the rows read before the
-    break are kept and ``stage.json`` records the failure.
+    break are kept and ``stage.json`` records the failure. Nor does a file of which
+    no row can be read (every row quarantined: another source's file, most likely):
+    ``stage.json`` records that failure too (:func:`no_row_read`).
 
     With ``inputs`` (the source's whole input list), the row-local datasets (see
     :class:`pipeline.ingest.sources.DatasetSpec`) are cleaned, filtered and hashed for
@@ -124,6 +126,8 @@ def stage_file(
         jsonl_reader=config.jsonl_reader, on_restart=stager.start_over,
     )
     rows, failure = stager.stage(module.stage_file(Path(path), ctx, options))
+    if failure is None and rows == 0 and ctx.bad_rows.as_dict():
+        failure = no_row_read(source, str(path), ctx.bad_rows.as_dict())
     if hashing is not None:
         entry = entry_future.result()
         hashing.shutdown()
@@ -245,6 +249,21 @@ class _FileStager:
         if self.parts:
             os.replace(self.tmp_parts, self.folder / STAGED_PARTS)
         return [part.spec.name for part in self.parts]
+
+
+def no_row_read(source: str, path: str, bad_rows: dict[str, int]) -> str:
+    """The failure of a file of which every row was quarantined: most likely another source's file.
+
+    Its rows stay counted (quarantined, by reason) like any bad row; the file is a
+    failure of the ingest, as a truncated archive is (the command exits 1).
+    """
+    fields = getattr(get_source(source), "FIELDS", "fields")
+    reasons = ", ".join(f"{reason}={n:,}" for reason, n in sorted(bad_rows.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    total = sum(bad_rows.values())
+    return (
+        f"{path}: has no row with the {source} fields {fields}: is it a {source} file?"
+        f" (all {total:,} rows quarantined: {reasons})"
+    )
 
 
 def _stage_hash(entry: dict[str, Any], stage_config: dict[str, Any], file_index: int) -> str:

@@ -159,7 +159,7 @@ def load_data_config(
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: every problem found, one per line, each naming the file and entry.
+        ValueError: every problem found, in one line naming the file, then each entry and its problem.
     """
     config_path = Path(path)
     if not config_path.is_file():
@@ -174,7 +174,7 @@ def load_data_config(
     entries: list[DataConfigEntry] = []
     seen: set[str] = set()
     for index, item in enumerate(raw):
-        where = f"{config_path}: entry {index}"
+        where = f"entry {index}"
         if not isinstance(item, dict):
             problems.append(f"{where}: expected an object, got {type(item).__name__}")
             continue
@@ -202,7 +202,7 @@ def load_data_config(
         extra = {k: v for k, v in item.items() if k not in ("name", "lines", "weight")}
         entries.append(DataConfigEntry(name=name, lines=lines, weight=weight, extra=extra))
     if problems:
-        raise ValueError(f"{config_path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+        raise ValueError(f"{config_path}: {len(problems)} problem(s): " + "; ".join(problems))
     return entries
 
 

@@ -42,6 +42,16 @@ def test_parent_deployment_is_weekly_and_triggers_the_other_deployments(monkeypa
     assert {s["source"] for s in parent["parameters"]["sources"]} <= {"reddit", "s2orc", "specter", "nli", "qqp", "pairs"}
 
 
+def test_weekly_runs_never_overlap() -> None:
+    from prefect.cli.deploy._models import ConcurrencyLimitSpec
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    parent = next(d for d in DEPLOYMENTS if d["entrypoint"].endswith(":pairforge_pipeline"))
+    limit = ConcurrencyLimitSpec.model_validate(parent["concurrency_limit"])
+    assert limit.limit == 1
+    assert ConcurrencyLimitStrategy(limit.collision_strategy) is ConcurrencyLimitStrategy.CANCEL_NEW
+
+
 def test_work_pools_cover_every_deployment() -> None:
     pools = {d["work_pool"]["name"] for d in DEPLOYMENTS}
     assert pools == {"cpu", "gpu", "gpu-host"}

@@ -256,3 +256,74 @@ def test_a_rebuild_after_a_config_change_hashes_each_input_once(prefect_harness,
     assert all(m["config"]["heldout_fraction"] == 0.2 for m in manifests)
     names = sorted(Path(p).name for p in INPUTS)
     assert sorted(n for n in hashed if n in names) == names
+
+
+def test_a_second_writer_of_the_corpus_fails_at_once_naming_the_holder(pipeline_run: dict, tiny_model_dir: Path) -> None:
+    """The pipeline and a stage flow called on its own, against a corpus another process holds."""
+    from flows.ingest import build_corpus
+    from flows.parent_flow import pairforge_pipeline
+    from tests.helpers import LockHolder as Holder
+
+    corpus = pipeline_run["out"] / "corpus"
+    holder = Holder(corpus)
+    try:
+        started = time.monotonic()
+        state = pairforge_pipeline(sources=SOURCES, out_dir=str(pipeline_run["out"]), stop_after="config", return_state=True,
+                                   **corpus_options(tiny_model_dir))  # fmt: skip
+        assert state.is_failed()
+        assert f"{corpus} is being written by another process: pid {holder.pid}" in state.message
+        assert time.monotonic() - started < 60
+        stage = build_corpus(sources=SOURCES, out_dir=str(pipeline_run["out"]), return_state=True)
+        assert stage.is_failed() and f"pid {holder.pid}" in stage.message
+    finally:
+        holder.release()
+
+
+def test_the_flow_names_its_run_in_the_lock(prefect_harness, tmp_path: Path) -> None:
+    from prefect import flow
+
+    from flows.locking import flow_lock
+    from pipeline.corpus.locks import read_holder
+
+    @flow(name="pairforge-lock-probe")
+    def probe(folder: str) -> dict:
+        with flow_lock(folder):
+            return read_holder(folder)
+
+    record = probe(str(tmp_path / "out"))
+    assert record["flow_run"].startswith("pairforge-lock-probe/") and record["pid"] == os.getpid()
+
+
+def test_verify_from_another_folder_then_with_an_input_moved(prefect_harness, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Built from relative paths in one folder, verified from another: identical; an input moved: `input not found`."""
+    from flows.parent_flow import pairforge_pipeline
+    from flows.verify import verify_corpus
+
+    build_dir, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
+    (build_dir / "data").mkdir(parents=True)
+    elsewhere.mkdir()
+    for path in INPUTS:
+        shutil.copy(path, build_dir / "data" / Path(path).name)
+    relative = [{"source": "nli", "inputs": [f"data/{Path(p).name}" for p in INPUTS]}]
+    monkeypatch.chdir(build_dir)
+    pairforge_pipeline(sources=relative, out_dir="out", stop_after="config", mining={"model": os.path.relpath(tiny_model_dir)})
+    corpus = build_dir / "out" / "corpus"
+    spec = json.loads((corpus / "build.json").read_text())
+    absolute = [str(build_dir / "data" / Path(p).name) for p in INPUTS]
+    assert spec["sources"] == [{"source": "nli", "inputs": absolute}]
+    assert spec["mining"]["model"] == str(tiny_model_dir)
+
+    monkeypatch.chdir(elsewhere)
+    result = verify_corpus(str(corpus))
+    assert result["identical"], result
+
+    moved = build_dir / "moved"
+    (build_dir / "data").rename(moved)
+    env = {k: v for k, v in os.environ.items() if k != "PAIRFORGE_DEBUG"}
+    done = subprocess.run([str(Path(sys.executable).with_name("pairforge")), "verify", str(corpus)], cwd=elsewhere,
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"pairforge: error: input not found: {absolute[0]} (named in {corpus}/build.json; a rebuild needs the inputs it was built from)"
+    ]
+    moved.rename(build_dir / "data")

@@ -76,11 +76,30 @@ def test_crlf_endings_and_a_bom_are_read_as_ordinary_lines(tmp_path: Path) -> No
     assert not any("\r" in t for t in frame["positive"])
 
 
-def test_an_empty_file_gives_an_empty_dataset(tmp_path: Path) -> None:
+def test_an_empty_file_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # An empty input is a failed download or copy far more often than a source with no rows.
     path = tmp_path / "empty.jsonl"
     path.write_bytes(b"")
-    manifests = ingest_source("nli", [path], tmp_path / "out", progress=False).manifests
-    assert [(m["rows_read"], m["rows_kept"], m["shards"]) for m in manifests] == [(0, 0, []), (0, 0, [])]
+    with pytest.raises(ValueError, match=r"input is empty: .*empty.jsonl \(0 bytes\)"):
+        ingest_source("nli", [path], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_without_one_row_of_the_source_fails_that_file(tmp_path: Path, capsys) -> None:
+    """A Reddit dump given to s2orc: every row quarantined, the file a failure (exit 1), the other input built."""
+    reddit = EXAMPLES / "reddit" / "RC_2024-01-sample.zst"
+    papers = EXAMPLES / "s2orc" / "metadata_sample.jsonl"
+    out = tmp_path / "out"
+    code = cli_main(["ingest", "s2orc", str(reddit), str(papers), "--out", str(out), "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = f"{reddit}: has no row with the s2orc fields paper_id/title/abstract: is it a s2orc file?"
+    assert len(err) == 1 and err[0].startswith(f"FAILED: {expected}"), err
+    manifest = read_manifest(out / "s2orc-title-abstract")
+    assert [f["path"] for f in manifest["failures"]] == [str(reddit)]
+    assert manifest["dropped"]["missing_field:paper_id"] == 20  # its rows stay counted, quarantined
+    assert manifest["rows_kept"] > 0  # the s2orc file was built
+    check_accounting(manifest)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.gz"])
@@ -319,7 +338,8 @@ def test_datasets_option_builds_only_the_named_ones(tmp_path: Path, shared_data:
     path = shared_data / "snli/jsonl/snli_1.0_dev.jsonl"
     ingest_source("nli", [path], tmp_path / "all", progress=False)
     assert cli_main(["ingest", "nli", str(path), "--out", str(tmp_path / "one"), "--quiet", "--datasets", "nli-pairs"]) == 0
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["nli-pairs"]
+    # (and the writer lock file, .pairforge.lock, hidden: no content)
+    assert sorted(p.name for p in (tmp_path / "one").iterdir() if not p.name.startswith(".")) == ["nli-pairs"]
     # A selection, not a transformation: the dataset is the same bytes either way.
     assert tree_hashes(tmp_path / "one" / "nli-pairs") == tree_hashes(tmp_path / "all" / "nli-pairs")
     # Only row-local datasets asked for: the rows themselves are never spilled.

@@ -25,6 +25,20 @@ Every source module defines:
     (only for datasets whose spec says ``streamed``) the same rows as
     ``build_candidates``, in batches with bounded memory: the source partitions the
     staged files itself (Reddit's two-key parent lookup).
+``FIELDS``
+    what a row of the source holds (``"paper_id/title/abstract"``), named by the
+    error on a file of which no row could be read: ``... has no row with the s2orc
+    fields paper_id/title/abstract: is it a s2orc file?``.
+
+and may define:
+
+``FOLDER_INPUTS = True``
+    a folder is an input (a SentEval split, SPECTER's pair of files); other sources
+    refuse folders.
+``check_input(path)``
+    raise :class:`~pipeline.io.errors.InputLayoutError` when ``path`` is not laid out
+    as the source reads it (a missing companion file, a file name it does not read),
+    before anything is read (:func:`pipeline.ingest.plan.check_inputs`).
 """
 
 from __future__ import annotations

@@ -25,11 +25,15 @@ import pyarrow as pa
 from pipeline.ingest.normalize import set_reason
 from pipeline.ingest.sources import DatasetSpec
 from pipeline.io.context import ReadContext
-from pipeline.io.errors import InputFileError
+from pipeline.io.errors import InputFileError, InputLayoutError
 from pipeline.io.jsonl import read_jsonl, reject_null_fields
 from pipeline.io.lines import read_text_lines
 
 NAME = "nli"
+# What a row of this source holds, for the error on a file with none (pipeline.ingest.stage).
+FIELDS = "sentence1/sentence2/gold_label"
+# A folder is an input of this source (check_input says what it must hold).
+FOLDER_INPUTS = True
 _JSON_SCHEMA = pa.schema(
     [("sentence1", pa.string()), ("sentence2", pa.string()), ("gold_label", pa.string()), ("pairID", pa.string())]
 )
@@ -54,14 +58,23 @@ def _senteval_files(path: Path) -> tuple[Path, Path, Path]:
     if path.is_dir():
         s1 = sorted(path.glob("s1.*"))
         if len(s1) != 1:
-            raise InputFileError(f"{path}: expected exactly one s1.* file in a SentEval folder, found {len(s1)}")
+            raise InputLayoutError(
+                f"{path}: a folder given to the nli source must be a SentEval split: expected exactly one s1.* file"
+                f" (with s2.* and labels.*) in it, found {len(s1)}"
+            )
         path = s1[0]
     split = path.name[len("s1.") :]
     files = (path, path.with_name(f"s2.{split}"), path.with_name(f"labels.{split}"))
     for file in files:
         if not file.exists():
-            raise InputFileError(f"{path}: SentEval layout needs {file.name} beside it")
+            raise InputLayoutError(f"{path}: the SentEval layout needs {file.name} beside it (looked for {file})")
     return files
+
+
+def check_input(path: Path) -> None:
+    """Raise :class:`InputLayoutError` when a SentEval input lacks one of its three files."""
+    if is_senteval(path):
+        _senteval_files(path)
 
 
 def companion_files(path: Path) -> list[Path]:

@@ -45,6 +45,8 @@ from pipeline.io.errors import InputFileError
 from pipeline.io.jsonl import read_json_values
 
 NAME = "pairs"
+# What a row of this source holds, for the error on a file with none (pipeline.ingest.stage).
+FIELDS = "texts/set/query+pos"
 NAME_PREFIX = "pairs-"
 FOLDER_SEPARATOR = "--"
 _EXTENSIONS = (".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".jsonl", ".json", ".gz", ".zst")

@@ -39,9 +39,11 @@ from pipeline.ingest.sources import DatasetSpec
 from pipeline.io.compression import open_decompressed
 from pipeline.io.context import ReadContext
 from pipeline.io.delimited import read_delimited
-from pipeline.io.errors import InputFileError
+from pipeline.io.errors import InputLayoutError
 
 NAME = "qqp"
+# What a row of this source holds, for the error on a file with none (pipeline.ingest.stage).
+FIELDS = "id/question1/question2/is_duplicate"
 _COLUMNS = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
 _COMPRESSIONS = (".gz", ".zst", ".zstd")
 
@@ -80,7 +82,7 @@ def file_layout(path: Path) -> tuple[str, bool]:
     """(delimiter, quoted) of a QQP file, from its extension (``.tsv`` or ``.csv``, maybe compressed).
 
     Raises:
-        InputFileError: any other extension.
+        InputLayoutError: any other extension.
     """
     name = path.name.lower()
     for compression in _COMPRESSIONS:
@@ -89,7 +91,12 @@ def file_layout(path: Path) -> tuple[str, bool]:
         return "\t", False
     if name.endswith(".csv"):
         return ",", True
-    raise InputFileError(f"{path}: not a QQP file: expected a .tsv (original/GLUE) or .csv (Kaggle) file name")
+    raise InputLayoutError(f"{path}: not a QQP file: expected a .tsv (original/GLUE) or .csv (Kaggle) file name")
+
+
+def check_input(path: Path) -> None:
+    """Raise :class:`InputLayoutError` unless ``path`` is named as a QQP file (:func:`file_layout`)."""
+    file_layout(path)
 
 
 def _header(path: Path, delimiter: str) -> list[str]:

@@ -65,6 +65,8 @@ from pipeline.io.errors import InputFileError
 from pipeline.io.jsonl import read_jsonl, reject_null_fields
 
 NAME = "reddit"
+# What a row of this source holds, for the error on a file with none (pipeline.ingest.stage).
+FIELDS = "id/parent_id/body"
 DATASET = "reddit-replies"
 DELETED_BODIES = ("[deleted]", "[removed]")
 # ``title`` is read only to recognise a submission passed as a comment.

@@ -42,6 +42,8 @@ from pipeline.io.context import ReadContext
 from pipeline.io.jsonl import read_jsonl, reject_null_fields
 
 NAME = "s2orc"
+# What a row of this source holds, for the error on a file with none (pipeline.ingest.stage).
+FIELDS = "paper_id/title/abstract"
 TITLE_ABSTRACT = "s2orc-title-abstract"
 CITATIONS = "s2orc-citations"
 _JSON_SCHEMA = pa.schema(

@@ -40,9 +40,13 @@ import polars as pl
 from pipeline.ingest.sources import DatasetSpec
 from pipeline.io.context import ReadContext
 from pipeline.io.documents import read_json_document
-from pipeline.io.errors import InputFileError
+from pipeline.io.errors import InputFileError, InputLayoutError
 
 NAME = "specter"
+# What a row of this source holds, for the error on a file with none (pipeline.ingest.stage).
+FIELDS = "query id/cited paper id/count"
+# A folder is an input of this source (check_input says what it must hold).
+FOLDER_INPUTS = True
 TRIPLETS = "specter-triplets"
 DATA_NAME = "data.json"
 METADATA_NAME = "metadata.json"
@@ -77,14 +81,22 @@ def companion_files(path: Path) -> list[Path]:
     """The files one input consists of: ``data.json`` and the ``metadata.json`` beside it.
 
     Raises:
-        InputFileError: either file is missing.
+        InputLayoutError: either file is missing.
     """
     data = _data_file(path)
     files = [data, data.with_name(METADATA_NAME)]
     for file in files:
         if not file.is_file():
-            raise InputFileError(f"{path}: the SPECTER layout needs {file.name} (looked for {file})")
+            raise InputLayoutError(
+                f"{path}: the SPECTER layout needs {file.name} (looked for {file}): expected data.json with metadata.json"
+                " beside it, or their folder"
+            )
     return files
+
+
+def check_input(path: Path) -> None:
+    """Raise :class:`InputLayoutError` unless ``path`` is a SPECTER input (see :func:`companion_files`)."""
+    companion_files(path)
 
 
 def _title(metadata: dict[str, Any], paper_id: str) -> tuple[bool, str | None]:

@@ -165,14 +165,15 @@ def test_glue_test_file_has_no_labels_and_gives_nothing(shared_data: Path, tmp_p
         assert manifest["dropped"] == {"unlabeled": 9}
 
 
-def test_unknown_extension_is_a_recorded_failure(tmp_path: Path) -> None:
+def test_unknown_extension_is_refused_before_reading(tmp_path: Path) -> None:
     odd = tmp_path / "questions.txt"
     odd.write_text("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n")
     with pytest.raises(InputFileError, match="questions.txt"):
         list(qqp.stage_file(odd, ReadContext(odd, str(odd)), qqp.Options()))
-    result = ingest_source("qqp", [odd, FIXTURES / "glue_crlf.tsv"], tmp_path / "out", progress=False)
-    assert [f["path"] for f in result.failures] == [str(odd)]
-    assert "expected a .tsv" in result.failures[0]["error"]
+    # a usage error (ValueError): nothing is read or written
+    with pytest.raises(ValueError, match=r"questions.txt: not a QQP file: expected a .tsv"):
+        ingest_source("qqp", [odd, FIXTURES / "glue_crlf.tsv"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_column_names_the_file(tmp_path: Path) -> None:

@@ -408,11 +408,19 @@ def test_line_ending_bom_and_compression_variants_read_the_same(tmp_path: Path, 
     ]
 
 
-def test_empty_file_gives_an_empty_dataset(tmp_path: Path) -> None:
+def test_empty_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "RC_empty.jsonl"
     path.write_bytes(b"")
-    manifest = run_ingest([path], tmp_path / "out")
-    assert (manifest["rows_read"], manifest["rows_kept"], manifest["failures"]) == (0, 0, [])
+    with pytest.raises(ValueError, match="input is empty"):
+        run_ingest([path], tmp_path / "out")
+
+
+def test_a_file_of_another_source_fails_that_file(tmp_path: Path) -> None:
+    nli = EXAMPLES.parent / "nli" / "snli_sample.jsonl"
+    manifest = run_ingest([nli, EXAMPLES / "RC_2015-06-sample.jsonl"], tmp_path / "out")
+    assert [f["path"] for f in manifest["failures"]] == [str(nli)]
+    assert "has no row with the reddit fields id/parent_id/body: is it a reddit file?" in manifest["failures"][0]["error"]
+    assert manifest["rows_kept"] > 0
 
 
 # --- the bundled examples ---------------------------------------------------------------

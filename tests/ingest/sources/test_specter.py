@@ -113,7 +113,7 @@ def test_unreadable_entries_are_quarantined_and_counted(tmp_path: Path, data: di
     assert (quarantined["reason"], quarantined["line"]) == (reason, 1)
 
 
-@pytest.mark.parametrize("content", [b'{"q1": {"c1": {"count": 5}', b"", b"\xff\xfe{}", b"[1, 2]"])
+@pytest.mark.parametrize("content", [b'{"q1": {"c1": {"count": 5}', b"\xff\xfe{}", b"[1, 2]"])
 def test_broken_data_json_is_a_failure_naming_the_file(tmp_path: Path, content: bytes) -> None:
     folder = tmp_path / "in"
     copy_layout(folder, {}, {})
@@ -122,6 +122,14 @@ def test_broken_data_json_is_a_failure_naming_the_file(tmp_path: Path, content: 
     assert len(result.failures) == 1 and "data.json" in result.failures[0]["error"]
     (manifest,) = result.manifests
     assert (manifest["rows_read"], manifest["rows_kept"]) == (0, 0)
+
+
+def test_empty_data_json_is_refused_before_reading(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    copy_layout(folder, {}, {})
+    (folder / "data.json").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"input is empty: .*data.json"):
+        ingest_source("specter", [folder / "data.json"], tmp_path / "out", ALL_KEPT, progress=False)
 
 
 def test_bom_and_crlf_are_read(tmp_path: Path) -> None:
