@@ -30,8 +30,9 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
-from pipeline.corpus.files import config_hash, input_entries
-from pipeline.corpus.manifest import MANIFEST_NAME, DropTally, Manifest, library_versions, matching_manifest, read_manifest
+from pipeline.corpus.files import config_hash, relative_input_entries
+from pipeline.corpus.folders import check_step_folders
+from pipeline.corpus.manifest import DropTally, Manifest, library_versions, matching_manifest
 from pipeline.corpus.shards import remove_stale_shards
 from pipeline.embed.cache import EmbeddingCache, SearchCache, default_cache_dir, embeddings_sha256, text_keys
 from pipeline.embed.embedder import CACHE_FLUSH_ROWS
@@ -57,10 +58,6 @@ from pipeline.mining.texts import TextTable, build_text_table, read_extra_corpus
 
 Echo = Callable[[str], None]
 _WORK_DIR = ".mine-work"
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
 
 
 _PLAN_TEXTS = "encode-plan.parquet"
@@ -124,19 +121,6 @@ class MiningJob:
         return load_text_encoder(self.model_path, self.encoder)
 
 
-def _checked_folders(dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
-    if not dataset_dir.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {dataset_dir}")
-    source_manifest = read_manifest(dataset_dir)
-    if source_manifest is None:
-        raise ValueError(f"{dataset_dir / MANIFEST_NAME}: missing; the dataset folder is incomplete (rerun its stage)")
-    if _same_path(out_dir, dataset_dir) or dataset_dir.resolve() in out_dir.resolve().parents:
-        raise ValueError(f"--out {out_dir} must not be the input dataset folder or inside it")
-    if out_dir.resolve() in dataset_dir.resolve().parents:
-        raise ValueError(f"--out {out_dir} must not contain the input dataset folder {dataset_dir}")
-    return source_manifest
-
-
 def _read_table(dataset_dir: Path, config: MiningConfig) -> tuple[TextTable, int]:
     pairs, _ = read_pairs(dataset_dir)
     extra, _ = read_extra_corpus(config.extra_corpus)
@@ -157,7 +141,7 @@ def _prepare(
 ) -> tuple[MiningJob, TextTable | None, Any | None]:
     """The job, the text table and the encoder when one had to be loaded to plan."""
     dataset_dir, out_dir = Path(dataset_dir).resolve(), Path(out_dir).resolve()
-    source_manifest = _checked_folders(dataset_dir, out_dir)
+    source_manifest = check_step_folders(dataset_dir, out_dir)
     cache_root = Path(cache_dir).resolve() if cache_dir else default_cache_dir()
 
     # 1. inputs, config and the skip check
@@ -174,13 +158,8 @@ def _prepare(
         "source_config_hash": source_manifest.get("config_hash"),
     }
     resolved_hash = config_hash(resolved)
-    # Paths relative to the output's parent (the corpus root): a corpus moved or rebuilt
-    # elsewhere keeps byte-identical manifests.
-    corpus_root = out_dir.parent
-    inputs = [
-        {**entry, "path": os.path.relpath(Path(entry["path"]).resolve(), corpus_root)}
-        for entry in input_entries(train_files + extra_files)
-    ]
+    # Paths relative to the output's parent (the corpus root).
+    inputs = relative_input_entries(train_files + extra_files, out_dir.parent)
     job = MiningJob(
         dataset_dir=str(dataset_dir), out_dir=str(out_dir), config=config, cache_dir=str(cache_root),
         rows_read=len(pairs), resolved=resolved, resolved_hash=resolved_hash, inputs=inputs, source_manifest=source_manifest,
