@@ -34,7 +34,7 @@ from pipeline.corpus.files import config_hash, relative_input_entries
 from pipeline.corpus.folders import check_step_folders
 from pipeline.corpus.manifest import DropTally, Manifest, library_versions, matching_manifest
 from pipeline.corpus.shards import remove_stale_shards
-from pipeline.embed.cache import EmbeddingCache, SearchCache, default_cache_dir, embeddings_sha256, text_keys
+from pipeline.embed.cache import EmbeddingCache, default_cache_dir, text_keys
 from pipeline.embed.embedder import CACHE_FLUSH_ROWS
 from pipeline.embed.encoders import (
     EncoderChoice,
@@ -48,7 +48,7 @@ from pipeline.embed.encoders import (
     split_plan,
     token_lengths,
 )
-from pipeline.embed.index import gather_rows, search_candidates
+from pipeline.embed.index import cached_search, gather_rows
 from pipeline.embed.models import cached_model_fingerprint, resolve_model_path
 from pipeline.memory import release_free_memory
 from pipeline.mining.config import MiningConfig
@@ -399,18 +399,10 @@ def _search(job: MiningJob, table: TextTable, embeddings: np.ndarray, progress: 
     k = range_max + max_positives
     all_keys = text_keys(table.texts)
     index_config = config.index_config()
-    searches = SearchCache(Path(job.cache_dir) / job.cache_key[:32] / "searches")
-    search_key = searches.key(
-        job.cache_key, all_keys[anchor_tids], all_keys[table.corpus_tids], k, index_config, embeddings_sha256(embeddings)
-    )
-    found = searches.load(search_key)
-    if found is None:
-        scores, positions, index_info = search_candidates(
-            embeddings, table.corpus_tids, anchor_tids, k, index_config, job.work_dir, progress=progress
-        )
-        searches.store(search_key, scores, positions, index_info)
-    else:
-        scores, positions, index_info = found
+    scores, positions, index_info = cached_search(
+        embeddings, all_keys, table.corpus_tids, anchor_tids, k, index_config, job.cache_dir, job.cache_key, job.work_dir,
+        progress=progress,
+    )  # fmt: skip
     candidate_tids = np.where(positions >= 0, table.corpus_tids[np.maximum(positions, 0)], -1)
     return _Search(
         anchor_tids, pair_anchor, positive_tid_per_pair, positive_scores, max_positives, int(range_max), candidate_tids,

@@ -336,7 +336,7 @@ def test_plain_encoder_matches_sentence_transformers(tiny_model_dir):
 
 
 def test_rebuild_reuses_the_search_and_a_damaged_entry_is_searched_again(pairs_dataset, tmp_path, tiny_model_dir, monkeypatch):
-    from pipeline.mining import job as mining
+    from pipeline.embed import index as mining  # the search behind the search cache
 
     config = MiningConfig(model=str(tiny_model_dir), num_negatives=2)
     first = mine_negatives(pairs_dataset, tmp_path / "a" / "mined", config, cache_dir=tmp_path / "c", echo=None)
