@@ -23,6 +23,8 @@ from pipeline.corpus.files import atomic_write_json, file_sha256
 
 MANIFEST_NAME = "manifest.json"
 QUARANTINE_NAME = "quarantine.jsonl"
+# Histograms of a step's scores drawn beside its manifest (mining, rescoring).
+SCORE_PLOT_NAME = "scores.png"
 
 
 class AccountingError(ValueError):

@@ -30,9 +30,9 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
-from pipeline.corpus.files import config_hash, relative_input_entries
+from pipeline.corpus.files import atomic_write_bytes, config_hash, relative_input_entries
 from pipeline.corpus.folders import check_step_folders
-from pipeline.corpus.manifest import DropTally, Manifest, library_versions, matching_manifest
+from pipeline.corpus.manifest import SCORE_PLOT_NAME, DropTally, Manifest, library_versions, matching_manifest
 from pipeline.corpus.shards import remove_stale_shards
 from pipeline.embed.cache import EmbeddingCache, default_cache_dir, text_keys
 from pipeline.embed.embedder import CACHE_FLUSH_ROWS
@@ -52,7 +52,7 @@ from pipeline.embed.index import cached_search, gather_rows
 from pipeline.embed.models import cached_model_fingerprint, resolve_model_path
 from pipeline.memory import release_free_memory
 from pipeline.mining.config import MiningConfig
-from pipeline.mining.output import output_schema, score_histogram, write_output
+from pipeline.mining.output import output_schema, score_histogram, score_plot, write_output
 from pipeline.mining.select import select_negatives
 from pipeline.mining.texts import TextTable, build_text_table, read_extra_corpus, read_pairs
 
@@ -289,11 +289,13 @@ def encode_slice(job: MiningJob, slice_index: int, echo: Echo | None = None, enc
     return {"slice": slice_index, "texts": done, "seconds": elapsed}
 
 
-def finish_mining(job: MiningJob, echo: Echo | None = print, table: TextTable | None = None) -> dict[str, Any]:
-    """Last step: gather the slices' embeddings, search once, select, write shards and manifest.
+def finish_mining(job: MiningJob, echo: Echo | None = print, table: TextTable | None = None, plot: bool = True) -> dict[str, Any]:
+    """Last step: gather the slices' embeddings, search once, select, write shards, plot and manifest.
 
     Texts a slice did not deliver (a lost worker, a corrupt cache entry) are encoded
-    here, with the same batch plan. The work folder is removed at the end.
+    here, with the same batch plan. The work folder is removed at the end. With
+    ``plot``, the histograms of positive scores, chosen-negative scores and margins are
+    drawn into ``scores.png`` beside the manifest (matplotlib: about a second).
 
     Returns:
         The manifest written (with ``embedding_counts`` added to the returned dict);
@@ -328,11 +330,18 @@ def finish_mining(job: MiningJob, echo: Echo | None = print, table: TextTable | 
         per_row = config.num_negatives if _one_row_per_negative(config) else 1
         dropped = DropTally()
         dropped.update({reason: n * per_row for reason, n in table.dropped.items()})
-        shards, rows_written, negative_scores = write_output(out_dir, table, selection, config, dropped)
+        shards, rows_written, negative_scores, margins = write_output(
+            out_dir, table, selection, config, dropped, search.positive_scores
+        )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
-    manifest = _mined_manifest(job, table, search, selection, dropped, shards, rows_written, negative_scores).write(out_dir)
+    manifest = _mined_manifest(job, table, search, selection, dropped, shards, rows_written, negative_scores, margins)
+    if plot:
+        stats = manifest.sections["mining"]
+        atomic_write_bytes(out_dir / SCORE_PLOT_NAME, score_plot(stats, f"{out_dir.name}: mined negatives"))
+        stats["plot"] = SCORE_PLOT_NAME
+    manifest = manifest.write(out_dir)
     if echo is not None:
         echo(
             f"embeddings: {embed_counts['cached']:,} from cache, {embed_counts['encoded']:,} encoded;"
@@ -424,6 +433,7 @@ def _mined_manifest(
     shards: list[dict[str, Any]],
     rows_written: int,
     negative_scores: np.ndarray,
+    margins: np.ndarray,
 ) -> Manifest:
     config = job.config
     source_manifest = job.source_manifest
@@ -470,6 +480,7 @@ def _mined_manifest(
                 "anchors_without_negative": int((selection.counts == 0).sum()),
                 "positive_scores": score_histogram(search.positive_scores),
                 "negative_scores": score_histogram(negative_scores),
+                "margins": score_histogram(margins),
             },
         },
     )
@@ -484,6 +495,7 @@ def mine_negatives(
     force: bool = False,
     echo: Echo | None = print,
     encoder: EncoderChoice = "auto",
+    plot: bool = True,
 ) -> dict[str, Any]:
     """Mine hard negatives for a pair dataset and write a triplet dataset, in this process.
 
@@ -501,6 +513,7 @@ def mine_negatives(
         encoder: ``auto`` (numpy on a CPU for plain BERT models, else torch),
             ``numpy``, ``numpy-mkl``, ``numpy-openblas`` or ``torch``
             (:func:`~pipeline.embed.encoders.resolve_encoder`).
+        plot: draw the score histograms into ``scores.png`` beside the manifest.
 
     Returns:
         The manifest written (or the existing one, when the step was skipped; then
@@ -532,4 +545,4 @@ def mine_negatives(
     # the peak the index and the search add to).
     del loaded
     release_free_memory()
-    return finish_mining(job, echo=echo, table=table)
+    return finish_mining(job, echo=echo, table=table, plot=plot)
