@@ -86,13 +86,24 @@ def ingest_summary(manifests: Sequence[dict[str, Any]]) -> str:
 
 # --- mine -------------------------------------------------------------------------
 def _add_mine(sub: Any) -> None:
-    from pipeline.embed.cache import default_cache_dir
-    from pipeline.embed.encoders import ENCODER_CHOICES
     from pipeline.mining.config import MiningConfig
 
     parser = sub.add_parser("mine", help="mine hard negatives for a pair dataset with FAISS (triplet shards out)")
+    _add_step_folders(parser, uses_model=True)
+    parser.add_argument("--force", action="store_true", help="mine even if the output manifest already matches")
+    add_config_options(parser, MiningConfig, title="mining options (sentence-transformers' names)")
+    parser.set_defaults(run=_run_mine)
+
+
+def _add_step_folders(parser: argparse.ArgumentParser, uses_model: bool) -> None:
+    """The arguments of a dataset-folder-to-dataset-folder step: the folders and, for a model step, where it runs."""
+    from pipeline.embed.cache import default_cache_dir
+    from pipeline.embed.encoders import ENCODER_CHOICES
+
     parser.add_argument("dataset_dir", type=Path, help="a dataset folder with part-*.parquet shards and manifest.json")
     parser.add_argument("--out", type=Path, required=True, help="output dataset folder")
+    if not uses_model:
+        return
     parser.add_argument("--cache-dir", type=Path, default=None, help=f"embedding cache (default: {default_cache_dir()})")
     parser.add_argument("--device", default=None, help="encoder device (default: cuda if a GPU is visible, else cpu)")
     parser.add_argument(
@@ -100,9 +111,6 @@ def _add_mine(sub: Any) -> None:
         help="encoder backend: auto runs plain BERT models in numpy on a CPU (less memory), others in torch;"
         " numpy-mkl / numpy-openblas choose the numpy encoder's matrix products (default: %(default)s)",
     )  # fmt: skip
-    parser.add_argument("--force", action="store_true", help="mine even if the output manifest already matches")
-    add_config_options(parser, MiningConfig, title="mining options (sentence-transformers' names)")
-    parser.set_defaults(run=_run_mine)
 
 
 def _run_mine(args: argparse.Namespace) -> int:
@@ -124,10 +132,75 @@ def _run_mine(args: argparse.Namespace) -> int:
         f" dropped: {dropped}\n"
         f"  anchors {stats['anchors']:,}, short of negatives {stats['anchors_short_of_negatives']:,};"
         f" candidates skipped: {skipped}\n"
-        f"  positive score mean {stats['positive_scores'].get('mean', float('nan')):.3f},"
-        f" negative score mean {stats['negative_scores'].get('mean', float('nan')):.3f}"
+        f"  {score_line(stats)}"
     )
     return 0
+
+
+def score_line(stats: dict[str, Any]) -> str:
+    """Medians (and quartiles) of a mining or rescoring section's positive scores, negative scores and margins."""
+    parts = []
+    for key, label in (("positive_scores", "positive"), ("negative_scores", "negative"), ("margins", "margin")):
+        histogram = stats.get(key) or {}
+        if "median" in histogram:
+            parts.append(f"{label} median {histogram['median']:.3f} (p25 {histogram['p25']:.3f}, p75 {histogram['p75']:.3f})")
+    plot = f"; histograms in {stats['plot']}" if stats.get("plot") else ""
+    return ", ".join(parts or ["no scores"]) + plot
+
+
+# --- curation steps ---------------------------------------------------------------
+def _add_curate(sub: Any) -> None:
+    from pipeline.curate import STEPS
+
+    for step in STEPS.values():
+        parser = sub.add_parser(step.command, help=step.help, description=step.help[0].upper() + step.help[1:] + ".")
+        _add_step_folders(parser, uses_model=step.uses_model)
+        parser.add_argument("--force", action="store_true", help="run even if the output manifest already matches")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_config_options(parser, step.config, title=f"{step.command} options")
+        parser.set_defaults(run=_run_curate, step=step.name)
+
+
+def _run_curate(args: argparse.Namespace) -> int:
+    from pipeline.curate import STEPS
+
+    step = STEPS[args.step]
+    config = config_from_args(args, step.config)
+    where = {"cache_dir": args.cache_dir, "device": args.device, "encoder": args.encoder} if step.uses_model else {}
+    manifest = step.run(args.dataset_dir, args.out, config, force=args.force, progress=not args.quiet, **where)
+    if not manifest.get("skipped"):
+        print(curation_summary(step.command, args.dataset_dir, args.out, manifest))
+    return 0
+
+
+def curation_summary(command: str, dataset_dir: Any, out: Any, manifest: dict[str, Any]) -> str:
+    """What a curation step kept and dropped, and its own figures, in a few lines."""
+    dropped = ", ".join(f"{k}={v:,}" for k, v in manifest["dropped"].items()) or "nothing"
+    lines = [
+        f"{command} {dataset_dir} -> {out}: {manifest['rows_kept']:,} of {manifest['rows_read']:,} rows kept;"
+        f" dropped {dropped} (quarantine: {manifest['quarantine']['rows']:,} rows in {manifest['quarantine']['path']})"
+    ]
+    if "consistency" in manifest:
+        ranks = manifest["consistency"]["rank_histogram"]
+        lines.append("  positive's rank for its anchor: " + ", ".join(f"{r}: {n:,}" for r, n in ranks.items() if n))
+    if "semantic_dedup" in manifest:
+        stats = manifest["semantic_dedup"]
+        lines.append(
+            f"  {stats['distinct_anchors']:,} distinct anchors in {stats['n_clusters']:,} clusters;"
+            f" {stats['anchors_within_eps']:,} within eps={stats['eps']} of a kept one,"
+            f" {stats['rows_repeating_an_anchor']:,} rows repeat an anchor"
+        )
+    if "rescoring" in manifest:
+        stats = manifest["rescoring"]
+        rules = ", ".join(f"{k}={v:,}" for k, v in stats["negatives_dropped"].items() if v) or "none"
+        lines.append(f"  {stats['negatives']:,} negatives judged by the {stats['model_type']}; failed: {rules}")
+        lines.append(f"  {score_line(stats)}")
+    if "decontamination" in manifest:
+        stats = manifest["decontamination"]
+        for entry in stats["eval_sets"]:
+            lines.append(f"  {entry['kind']} {entry['path']}: {entry['texts']:,} texts, {entry['rows_matched']:,} rows matched")
+        lines.append(f"  matched exactly: {stats['rows_matched']['exact']:,}, by n-gram: {stats['rows_matched']['ngram']:,}")
+    return "\n".join(lines)
 
 
 # --- config -----------------------------------------------------------------------
@@ -357,7 +430,9 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 # --- the command ------------------------------------------------------------------
-COMMANDS: list[Callable[[Any], None]] = [_add_ingest, _add_mine, _add_config, _add_train, _add_evaluate, _add_run, _add_verify]
+COMMANDS: list[Callable[[Any], None]] = [
+    _add_ingest, _add_mine, _add_curate, _add_config, _add_train, _add_evaluate, _add_run, _add_verify,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
