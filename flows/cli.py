@@ -329,6 +329,9 @@ def _add_run(sub: Any) -> None:
                         help="train through this deployment (e.g. pairforge-train/gpu) instead of in-process")  # fmt: skip
     parser.add_argument("--evaluate-deployment", default=None, metavar="FLOW/DEPLOYMENT",
                         help="evaluate through this deployment (e.g. pairforge-evaluate/cpu) instead of in-process")  # fmt: skip
+    parser.add_argument("--curation", default=None, metavar="JSON|@FILE",
+                        help='curation steps to run, as JSON or @file: {"decontaminate": {}, "consistency": {"k": 2},'
+                             ' "semantic_dedup": {}, "rescore": {"model": "DIR"}} (docs/curation.md; default: none)')  # fmt: skip
     parser.add_argument("--task-runner", default=None, metavar="SPEC",
                         help="where corpus tasks run: 'thread' (default), 'dask:local[:N]' (N worker processes) "
                              "or 'dask:tcp://HOST:8786' (an existing Dask scheduler); output is identical either way")  # fmt: skip
@@ -347,11 +350,38 @@ def _run_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "mining": model,
         "training": {**model, **device, "max_steps": args.max_steps, "batch_size": args.batch_size},
         "evaluation": {**device, "stsb": list(args.stsb), "nli": list(args.nli)},
+        "curation": _curation_option(args.curation),
         "train_deployment": args.train_deployment,
         "evaluate_deployment": args.evaluate_deployment,
         "stop_after": args.stop_after,
         "task_runner": args.task_runner,
     }
+
+
+def _curation_option(value: str | None) -> dict[str, Any] | None:
+    """``--curation``: a JSON object, or ``@FILE`` holding one.
+
+    Raises:
+        ValueError: not a JSON object (the message says where).
+    """
+    import json
+
+    if value is None:
+        return None
+    where = "--curation"
+    if value.startswith("@"):
+        where = value[1:]
+        try:
+            value = Path(where).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--curation {where}: cannot read it ({exc.strerror})") from None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f'{where}: expected a JSON object such as {{"consistency": {{"k": 2}}}}, got {type(parsed).__name__}')
+    return parsed
 
 
 def run_summary(summary: dict[str, Any]) -> str:
@@ -362,8 +392,14 @@ def run_summary(summary: dict[str, Any]) -> str:
     lines.append(f"{'dataset':<{width}}  {'read':>9}  {'kept':>9}  {'train':>9}  {'heldout':>7}")
     for name, rows in datasets.items():
         lines.append(f"{name:<{width}}  {rows['rows_read']:>9,}  {rows['rows_kept']:>9,}  {rows['rows_train']:>9,}  {rows['rows_heldout']:>7,}")
+    for name, rows in summary.get("curated", {}).items():
+        dropped = ", ".join(f"{k}={v:,}" for k, v in rows["dropped"].items()) or "nothing"
+        lines.append(f"curated ({rows['stage']}): {name}: {rows['rows_kept']:,} of {rows['rows_read']:,} rows kept, dropped {dropped}")
     for name, rows in summary["mined"].items():
         lines.append(f"negatives mined: {name}: {rows['rows_kept']:,} rows ({', '.join(rows['columns'][:3])})")
+        scores = rows.get("scores") or {}
+        if scores.get("margins"):
+            lines.append(f"  {score_line(scores)}")
     entries = ", ".join(f"{e['name']}={e['weight']}" for e in summary["config_entries"])
     lines.append(f"config written: {summary['data_config']} ({entries})")
     if "train" in summary:
@@ -398,6 +434,9 @@ def _run_run(args: argparse.Namespace) -> int:
     _prefect_defaults()
     parameters = _run_parameters(args)
     parse_runner_spec(args.task_runner)  # fail fast, before starting Prefect
+    from flows.curate import resolve_curation
+
+    resolve_curation(parameters["curation"], parameters["evaluation"])
     from flows.parent_flow import pairforge_pipeline
 
     summary = pairforge_pipeline(**parameters)

@@ -7,8 +7,9 @@ under ``out_dir``: ``corpus/`` (datasets, mined datasets, ``data_config.json``,
 artifact, and a summary dict (datasets and rows, negatives mined, the config written,
 training steps, the evaluation table, where everything is).
 
-Stages run in order: build-corpus, mine-negatives, write-config, then training and
-evaluation. With ``train_deployment`` / ``evaluate_deployment`` set (a work pool
+Stages run in order: build-corpus, curate-corpus (the curation steps switched on by
+``curation``, before mining), mine-negatives, curate-corpus again (rescoring of the
+mined negatives), write-config, then training and evaluation. With ``train_deployment`` / ``evaluate_deployment`` set (a work pool
 configured, e.g. ``pairforge-train/gpu``), those run as deployment runs on their
 pools via ``run_deployment``, linked to this run as subflows; without them (the
 embedded default) they run in-process. Every worker must then see ``out_dir``.
@@ -28,6 +29,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.artifacts import Progress
+from flows.curate import DATASETS_KEY, curate_corpus, resolve_curation
 from flows.data_config import write_config
 from flows.evaluate import evaluate
 from flows.ingest import build_corpus
@@ -107,6 +109,17 @@ def _evaluate_stage(
     return _read_json(report_dir / REPORT_NAME)
 
 
+def _scores(manifest: dict[str, Any], corpus: Path) -> dict[str, Any]:
+    """A mined dataset's score quartiles and the path of its histograms, for the run's report."""
+    stats = manifest.get("mining") or {}
+    quartiles = {
+        key: {q: stats[key][q] for q in ("p25", "median", "p75") if q in stats.get(key, {})}
+        for key in ("positive_scores", "negative_scores", "margins")
+    }
+    plot = stats.get("plot")
+    return quartiles | {"plot": str(corpus / manifest["dataset"] / plot) if plot else None}
+
+
 @flow(name="pairforge-pipeline", log_prints=True)
 def pairforge_pipeline(
     sources: list[dict[str, Any]],
@@ -114,6 +127,7 @@ def pairforge_pipeline(
     ingest: dict[str, Any] | None = None,
     mining: dict[str, Any] | None = None,
     mine: list[str] | None = None,
+    curation: dict[str, Any] | None = None,
     policy: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
@@ -130,6 +144,9 @@ def pairforge_pipeline(
         ingest: :class:`pipeline.ingest.IngestConfig` overrides.
         mining: :class:`pipeline.mining.MiningConfig` overrides.
         mine: names of the datasets to mine; None for every ingested pair dataset.
+        curation: the curation steps to run, ``{step: overrides}``, e.g. ``{"decontaminate": {},
+            "consistency": {"k": 2}, "rescore": {"model": "models/ce"}}`` (flows/curate.py); a
+            dataset is mined (and trained on) in its curated version. None: no curation.
         policy: :class:`pipeline.sampling.WeightPolicy` overrides.
         training: :class:`pipeline.train.TrainConfig` overrides.
         evaluation: :class:`pipeline.evaluate.EvalConfig` overrides (``stsb``, ``nli``...).
@@ -148,22 +165,37 @@ def pairforge_pipeline(
     paths = corpus_paths(out_dir)
     out = paths["out"]
     model_dir, report_dir = paths["model"], paths["report"]
-    stages = ["ingest", "mine", "config", "train", "evaluate"]
+    steps = resolve_curation(curation, evaluation)  # a bad step or option fails before any work
+    stages = ["ingest", *(["curate"] if steps else []), "mine", "config", "train", "evaluate"]
     stages = stages[: stages.index(stop_after) + 1]
     progress = Progress(stages)
 
-    # One cluster (and one Prefect API the workers report to) for both corpus stages.
+    # One cluster (and one Prefect API the workers report to) for the corpus stages.
+    curated: list[dict[str, Any]] = []
     with shared_prefect_api(task_runner), dask_cluster(task_runner) as runner:
         datasets = with_runner(build_corpus, runner)(sources, str(out), ingest)
         progress.advance("ingest")
-        mined = with_runner(mine_corpus, runner)(str(out), pair_datasets(datasets) if mine is None else mine, mining)
+        final = {m["dataset"]: m["dataset"] for m in datasets}  # each dataset's last version
+        if steps:
+            chosen = steps.get(DATASETS_KEY) or [m["dataset"] for m in datasets]
+            before = with_runner(curate_corpus, runner)(str(out), chosen, steps)
+            curated, final = before["manifests"], final | before["names"]
+        latest = {m["dataset"]: m for m in [*datasets, *curated]}
+        to_mine = pair_datasets([latest[final[m["dataset"]]] for m in datasets]) if mine is None else [final.get(n, n) for n in mine]
+        mined = with_runner(mine_corpus, runner)(str(out), to_mine, mining)
+        if steps:
+            unmined = [final[m["dataset"]] for m in datasets if final[m["dataset"]] not in to_mine]
+            after = with_runner(curate_corpus, runner)(str(out), [m["dataset"] for m in mined] + unmined, steps, after_mining=True)
+            curated += after["manifests"]
+            progress.advance("curate")
         progress.advance("mine")
     entries = write_config(str(out), policy)
     # What verify needs to rebuild this corpus: the inputs and every corpus config.
     atomic_write_json(
         paths["build_spec"],
-        {"sources": sources, "ingest": ingest or {}, "mining": mining or {}, "mine": mine, "policy": policy or {}},
-    )
+        {"sources": sources, "ingest": ingest or {}, "mining": mining or {}, "mine": mine, "policy": policy or {},
+         "curation": curation or {}},
+    )  # fmt: skip
     progress.advance("config")
 
     summary: dict[str, Any] = {
@@ -171,7 +203,8 @@ def pairforge_pipeline(
         "corpus_dir": str(paths["corpus"]),
         "data_config": str(paths["data_config"]),
         "datasets": {m["dataset"]: {k: m[k] for k in ("rows_read", "rows_kept", "rows_train", "rows_heldout")} for m in datasets},
-        "mined": {m["dataset"]: {"rows_kept": m["rows_kept"], "columns": m["columns"]} for m in mined},
+        "mined": {m["dataset"]: {"rows_kept": m["rows_kept"], "columns": m["columns"], "scores": _scores(m, paths["corpus"])} for m in mined},
+        "curated": {m["dataset"]: {k: m[k] for k in ("stage", "rows_read", "rows_kept", "dropped")} for m in curated},
         "config_entries": entries,
     }
     if stop_after in ("train", "evaluate"):

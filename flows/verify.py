@@ -110,6 +110,7 @@ def verify_corpus(corpus_dir: str, work_dir: str | None = None) -> dict[str, Any
             mining=spec.get("mining"),
             mine=spec.get("mine"),
             policy=spec.get("policy"),
+            curation=spec.get("curation"),
             stop_after="config",
         )
         result = compare_corpora(corpus_dir, corpus_paths(rebuild)["corpus"])
