@@ -399,7 +399,8 @@ def run_summary(summary: dict[str, Any]) -> str:
         lines.append(f"negatives mined: {name}: {rows['rows_kept']:,} rows ({', '.join(rows['columns'][:3])})")
         scores = rows.get("scores") or {}
         if scores.get("margins"):
-            lines.append(f"  {score_line(scores)}")
+            plot = {"plot": str(Path(summary["corpus_dir"]) / scores["plot"])} if scores.get("plot") else {}
+            lines.append(f"  {score_line(scores | plot)}")
     entries = ", ".join(f"{e['name']}={e['weight']}" for e in summary["config_entries"])
     lines.append(f"config written: {summary['data_config']} ({entries})")
     if "train" in summary:

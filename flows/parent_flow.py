@@ -109,15 +109,15 @@ def _evaluate_stage(
     return _read_json(report_dir / REPORT_NAME)
 
 
-def _scores(manifest: dict[str, Any], corpus: Path) -> dict[str, Any]:
-    """A mined dataset's score quartiles and the path of its histograms, for the run's report."""
+def _scores(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A mined dataset's score quartiles and its histograms' path in the corpus, for the run's report."""
     stats = manifest.get("mining") or {}
     quartiles = {
         key: {q: stats[key][q] for q in ("p25", "median", "p75") if q in stats.get(key, {})}
         for key in ("positive_scores", "negative_scores", "margins")
     }
     plot = stats.get("plot")
-    return quartiles | {"plot": str(corpus / manifest["dataset"] / plot) if plot else None}
+    return quartiles | {"plot": f"{manifest['dataset']}/{plot}" if plot else None}
 
 
 @flow(name="pairforge-pipeline", log_prints=True)
@@ -203,7 +203,7 @@ def pairforge_pipeline(
         "corpus_dir": str(paths["corpus"]),
         "data_config": str(paths["data_config"]),
         "datasets": {m["dataset"]: {k: m[k] for k in ("rows_read", "rows_kept", "rows_train", "rows_heldout")} for m in datasets},
-        "mined": {m["dataset"]: {"rows_kept": m["rows_kept"], "columns": m["columns"], "scores": _scores(m, paths["corpus"])} for m in mined},
+        "mined": {m["dataset"]: {"rows_kept": m["rows_kept"], "columns": m["columns"], "scores": _scores(m)} for m in mined},
         "curated": {m["dataset"]: {k: m[k] for k in ("stage", "rows_read", "rows_kept", "dropped")} for m in curated},
         "config_entries": entries,
     }

@@ -35,16 +35,7 @@ import polars as pl
 
 from pipeline.corpus.schema import PAIR_COLUMNS
 from pipeline.corpus.shards import DEFAULT_ROWS_PER_SHARD
-from pipeline.curate.step import (
-    Echo,
-    Verdict,
-    embed_rows,
-    encoder_record,
-    prepare_step,
-    read_step_pairs,
-    skipped,
-    write_step_output,
-)
+from pipeline.curate.step import Echo, Verdict, embed_rows, encoder_record, run_step
 from pipeline.embed.index import IndexConfig, cached_search, gather_rows
 
 STAGE = "consistency"
@@ -198,23 +189,8 @@ def filter_consistent(
 ) -> dict[str, Any]:
     """Keep the pairs whose positive ranks in the top ``k`` for its anchor; write them as a dataset folder.
 
-    Args:
-        dataset_dir: a complete dataset folder (pairs, or rows with negatives carried through).
-        out_dir: the output dataset folder (created; a previous output replaced).
-        config: the filter's settings.
-        cache_dir: the embedding cache root; None for the default (mining's).
-        device: the encoder's device; None: a GPU when one is visible.
-        encoder: ``auto``, ``numpy``, ``numpy-mkl``, ``numpy-openblas`` or ``torch``.
-        force: run even when the output's manifest already matches.
-        echo: where progress lines go (None for silence).
-        progress: show progress bars.
-
-    Returns:
-        The manifest written (``skipped`` added when the output was already up to date).
-
-    Raises:
-        FileNotFoundError: the dataset, the model or an extra corpus is missing.
-        ValueError: an incomplete or empty dataset, or an output that would overwrite the input.
+    The arguments, what it returns and raises: as every model step's
+    (:mod:`pipeline.curate.step`); ``config`` holds the filter's settings.
 
     Example::
 
@@ -228,12 +204,9 @@ def filter_consistent(
 
     embedder = Embedder(config.model, device, encoder, cache_dir, config.batch_size)
     extra, extra_files = read_extra_corpus(config.extra_corpus)
-    run = prepare_step(
-        STAGE, dataset_dir, out_dir, config, {"model_fingerprint": embedder.fingerprint}, corpus_files=extra_files,
-        force=force, echo=echo,
-    )  # fmt: skip
-    if run.skipped_manifest is not None:
-        return skipped(run)
-    pairs = read_step_pairs(run)
-    verdict = judge_consistency(pairs, extra, config, embedder, run.fresh_work_dir(), progress)
-    return write_step_output(run, pairs, verdict, SECTION, config.rows_per_shard)
+
+    def judge(pairs: pl.DataFrame, work_dir: Any) -> Verdict:
+        return judge_consistency(pairs, extra, config, embedder, work_dir, progress)
+
+    return run_step(STAGE, SECTION, dataset_dir, out_dir, config, judge, {"model_fingerprint": embedder.fingerprint},
+                    corpus_files=extra_files, force=force, echo=echo)  # fmt: skip

@@ -36,7 +36,7 @@ import polars as pl
 from pipeline.corpus.manifest import MANIFEST_NAME
 from pipeline.corpus.schema import negative_columns
 from pipeline.corpus.shards import DEFAULT_ROWS_PER_SHARD, HELDOUT_DIR, shard_paths
-from pipeline.curate.step import Echo, Verdict, normalized, prepare_step, read_step_pairs, skipped, write_step_output
+from pipeline.curate.step import Echo, Verdict, normalized, run_step
 from pipeline.progress import progress_bar
 
 STAGE = "decontaminate"
@@ -274,20 +274,10 @@ def decontaminate(
 ) -> dict[str, Any]:
     """Drop the training rows that hold an evaluation text; write the rest as a dataset folder.
 
-    Args:
-        dataset_dir: a complete dataset folder.
-        out_dir: the output dataset folder (created; a previous output replaced).
-        config: the evaluation sets and the matching.
-        force: run even when the output's manifest already matches.
-        echo: where progress lines go (None for silence).
-        progress: show a progress bar.
-
-    Returns:
-        The manifest written (``skipped`` added when the output was already up to date).
-
-    Raises:
-        FileNotFoundError: the dataset or an evaluation input is missing.
-        ValueError: nothing to check against, an unreadable input, or an output that would overwrite the input.
+    The arguments, what it returns and raises: as every step's
+    (:mod:`pipeline.curate.step`); ``config`` names the evaluation sets and the
+    matching. Also raises ValueError when it names nothing to check against, or an
+    evaluation file cannot be read.
 
     Example::
 
@@ -304,9 +294,9 @@ def decontaminate(
         sets.append(_heldout_set(Path(dataset_dir)))
     own = [Path(f) for s in sets if s.kind == "heldout" for f in s.files]
     outside = [f for s in sets if s.kind != "heldout" for f in s.files]
-    run = prepare_step(STAGE, dataset_dir, out_dir, config, corpus_files=own, outside_files=outside, force=force, echo=echo)
-    if run.skipped_manifest is not None:
-        return skipped(run)
-    pairs = read_step_pairs(run)
-    verdict = judge_contamination(pairs, sets, config.ngram_overlap, progress)
-    return write_step_output(run, pairs, verdict, SECTION, config.rows_per_shard)
+
+    def judge(pairs: pl.DataFrame, work_dir: Path) -> Verdict:
+        return judge_contamination(pairs, sets, config.ngram_overlap, progress)
+
+    return run_step(STAGE, SECTION, dataset_dir, out_dir, config, judge, corpus_files=own, outside_files=outside,
+                    force=force, echo=echo)  # fmt: skip

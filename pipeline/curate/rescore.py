@@ -43,8 +43,7 @@ import polars as pl
 from pipeline.corpus.manifest import SCORE_PLOT_NAME
 from pipeline.corpus.schema import negative_columns
 from pipeline.corpus.shards import DEFAULT_ROWS_PER_SHARD
-from pipeline.curate.step import Echo, Verdict, distinct_texts, embed_rows, normalized, prepare_step, read_step_pairs
-from pipeline.curate.step import skipped, write_step_output
+from pipeline.curate.step import Echo, Verdict, distinct_texts, embed_rows, normalized, run_step
 
 STAGE = "rescore"
 SECTION = "rescoring"
@@ -264,24 +263,10 @@ def rescore_negatives(
 ) -> dict[str, Any]:
     """Score each negative with a second model and drop the rows holding likely false negatives.
 
-    Args:
-        dataset_dir: a complete dataset folder with negatives (mined, or ingested triplets).
-        out_dir: the output dataset folder (created; a previous output replaced).
-        config: the rescoring model and the rules.
-        cache_dir: the embedding cache root (a bi-encoder's embeddings, the fingerprints); None for the default.
-        device: the model's device; None: a GPU when one is visible.
-        encoder: a bi-encoder's backend: ``auto``, ``numpy``, ``numpy-mkl``, ``numpy-openblas`` or ``torch``.
-        force: run even when the output's manifest already matches.
-        echo: where progress lines go (None for silence).
-        progress: show progress bars.
-
-    Returns:
-        The manifest written (``skipped`` added when the output was already up to date).
-
-    Raises:
-        FileNotFoundError: the dataset or the model is missing.
-        ValueError: no model named, a folder that is no model, a dataset without negatives, or an output that
-            would overwrite the input.
+    The arguments, what it returns and raises: as every model step's
+    (:mod:`pipeline.curate.step`; ``encoder`` is a bi-encoder's backend); ``config``
+    names the rescoring model and the rules. Also raises ValueError for no model
+    named, a folder that is no model, or a dataset without negatives.
 
     Example::
 
@@ -306,16 +291,12 @@ def rescore_negatives(
         embedder = Embedder(model, device, encoder, cache_root, config.batch_size)
     fingerprint = cached_model_fingerprint(model, cache_root / "fingerprints")
     extra = {"model_fingerprint": fingerprint, "model_type": model_type}
-    run = prepare_step(STAGE, dataset_dir, out_dir, config, extra, force=force, echo=echo)
-    if run.skipped_manifest is not None:
-        return skipped(run)
-    pairs = read_step_pairs(run)
-    work_dir = run.fresh_work_dir()
-    if embedder is not None:
-        def score(anchors: list[str], texts: list[str]) -> np.ndarray:
-            return bi_encoder_scores(embedder, anchors, texts, work_dir, progress)
-    else:
-        def score(anchors: list[str], texts: list[str]) -> np.ndarray:
-            return cross_encoder_scores(model, device, anchors, texts, config.batch_size, progress)
-    verdict = judge_negatives(pairs, config, model_type, score)
-    return write_step_output(run, pairs, verdict, SECTION, config.rows_per_shard, plot_name=SCORE_PLOT_NAME)
+
+    def judge(pairs: pl.DataFrame, work_dir: Path) -> Verdict:
+        if embedder is not None:
+            return judge_negatives(pairs, config, model_type, lambda a, t: bi_encoder_scores(embedder, a, t, work_dir, progress))
+        return judge_negatives(
+            pairs, config, model_type, lambda a, t: cross_encoder_scores(model, device, a, t, config.batch_size, progress)
+        )
+
+    return run_step(STAGE, SECTION, dataset_dir, out_dir, config, judge, extra, force=force, echo=echo, plot_name=SCORE_PLOT_NAME)

@@ -34,18 +34,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.corpus.shards import DEFAULT_ROWS_PER_SHARD
-from pipeline.curate.step import (
-    Echo,
-    Verdict,
-    distinct_texts,
-    embed_rows,
-    encoder_record,
-    normalized,
-    prepare_step,
-    read_step_pairs,
-    skipped,
-    write_step_output,
-)
+from pipeline.curate.step import Echo, Verdict, distinct_texts, embed_rows, encoder_record, normalized, run_step
 from pipeline.progress import progress_bar
 
 STAGE = "semantic_dedup"
@@ -217,23 +206,8 @@ def deduplicate_semantically(
 ) -> dict[str, Any]:
     """Drop the pairs whose anchor is a near-copy of a kept anchor (SemDeDup); write the rest as a dataset folder.
 
-    Args:
-        dataset_dir: a complete dataset folder.
-        out_dir: the output dataset folder (created; a previous output replaced).
-        config: the dedup settings.
-        cache_dir: the embedding cache root; None for the default (mining's).
-        device: the encoder's device; None: a GPU when one is visible.
-        encoder: ``auto``, ``numpy``, ``numpy-mkl``, ``numpy-openblas`` or ``torch``.
-        force: run even when the output's manifest already matches.
-        echo: where progress lines go (None for silence).
-        progress: show progress bars.
-
-    Returns:
-        The manifest written (``skipped`` added when the output was already up to date).
-
-    Raises:
-        FileNotFoundError: the dataset or the model is missing.
-        ValueError: an incomplete or empty dataset, or an output that would overwrite the input.
+    The arguments, what it returns and raises: as every model step's
+    (:mod:`pipeline.curate.step`); ``config`` holds the dedup settings.
 
     Example::
 
@@ -245,9 +219,9 @@ def deduplicate_semantically(
     from pipeline.embed.embedder import Embedder
 
     embedder = Embedder(config.model, device, encoder, cache_dir, config.batch_size)
-    run = prepare_step(STAGE, dataset_dir, out_dir, config, {"model_fingerprint": embedder.fingerprint}, force=force, echo=echo)
-    if run.skipped_manifest is not None:
-        return skipped(run)
-    pairs = read_step_pairs(run)
-    verdict = judge_semantic_duplicates(pairs, config, embedder, run.fresh_work_dir(), progress)
-    return write_step_output(run, pairs, verdict, SECTION, config.rows_per_shard)
+
+    def judge(pairs: pl.DataFrame, work_dir: Any) -> Verdict:
+        return judge_semantic_duplicates(pairs, config, embedder, work_dir, progress)
+
+    return run_step(STAGE, SECTION, dataset_dir, out_dir, config, judge, {"model_fingerprint": embedder.fingerprint},
+                    force=force, echo=echo)  # fmt: skip

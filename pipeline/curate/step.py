@@ -9,13 +9,25 @@ columns, in input order), ``quarantine.jsonl`` (one line per dropped row: ``id``
 and ``manifest.json`` last, with ``stage`` = the step, ``rows_read == rows_kept +
 sum(dropped)``, the step's section and ``curated_from`` (the input dataset).
 
-The steps of :mod:`pipeline.curate` run as:
+The steps of :mod:`pipeline.curate` run as (:func:`run_step`):
 
 1. :func:`prepare_step`: check the folders, hash the inputs (shards relative to the
    corpus root, like mining; evaluation files as given), resolve the config and decide
    whether the output is already up to date (then nothing else runs);
 2. the step reads :func:`read_step_pairs` and judges them (its own module);
 3. :func:`write_step_output`: shards, quarantine, plot, then the manifest.
+
+Every step's function takes the same arguments: ``dataset_dir`` (a complete dataset
+folder), ``out_dir`` (the output dataset folder, created; a previous output
+replaced), ``config`` (the step's frozen config), ``force`` (run even when the
+output's manifest already matches), ``echo`` (where the ``skipped:`` line goes; None
+for silence) and ``progress`` (progress bars); the model steps also ``cache_dir`` (the
+embedding cache root, mining's by default), ``device`` (None: a GPU when one is
+visible) and ``encoder`` (``auto``, ``numpy``, ``numpy-mkl``, ``numpy-openblas`` or
+``torch``). Each returns the manifest it wrote, or the existing one with ``skipped``
+added (in the returned dict, not the file), and raises FileNotFoundError for a
+missing folder, model or input, ValueError for an incomplete or empty dataset or an
+output that would overwrite the input.
 
 :func:`embed_rows` is the one call the model steps make for embeddings: through
 :class:`~pipeline.embed.embedder.Embedder`, so a text that mining (or another step)
@@ -37,7 +49,7 @@ import pyarrow as pa
 
 from pipeline.corpus.files import atomic_write_bytes, config_hash, input_entries, relative_input_entries
 from pipeline.corpus.folders import check_step_folders
-from pipeline.corpus.manifest import QUARANTINE_NAME, DropTally, Manifest, library_versions, matching_manifest
+from pipeline.corpus.manifest import QUARANTINE_NAME, DropTally, Manifest, library_versions, matching_manifest, source_record
 from pipeline.corpus.schema import PROVENANCE_COLUMNS, negative_columns
 from pipeline.corpus.shards import DEFAULT_ROWS_PER_SHARD, ShardWriter, remove_stale_shards, shard_paths
 
@@ -225,21 +237,37 @@ def write_step_output(
         config_hash=run.resolved_hash,
         versions=library_versions("faiss-cpu", "sentence-transformers", "torch", "numpy"),
         sections={
-            "curated_from": {
-                "dataset": source.get("dataset"),
-                "path": os.path.relpath(run.dataset_dir, out.parent),
-                "stage": source.get("stage"),
-                "config_hash": source.get("config_hash"),
-            },
+            "curated_from": source_record(source, run.dataset_dir, out),
             section_name: section,
         },
     ).write(out)
 
 
-def skipped(run: StepRun) -> dict[str, Any]:
-    """The up-to-date output's manifest, marked ``skipped`` (in the returned dict, not the file)."""
-    assert run.skipped_manifest is not None
-    return {**run.skipped_manifest, "skipped": True}
+def run_step(
+    stage: str,
+    section_name: str,
+    dataset_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: Any,
+    judge: Callable[[pl.DataFrame, Path], Verdict],
+    resolved_extra: dict[str, Any] | None = None,
+    corpus_files: Sequence[Path] = (),
+    outside_files: Sequence[str] = (),
+    force: bool = False,
+    echo: Echo | None = print,
+    plot_name: str | None = None,
+) -> dict[str, Any]:
+    """One step on one dataset: prepare, skip when up to date, read, ``judge(pairs, work_dir)``, write.
+
+    Returns:
+        The manifest written, or the existing one with ``skipped`` added.
+    """
+    run = prepare_step(stage, dataset_dir, out_dir, config, resolved_extra, corpus_files, outside_files, force, echo)
+    if run.skipped_manifest is not None:
+        return {**run.skipped_manifest, "skipped": True}
+    pairs = read_step_pairs(run)
+    verdict = judge(pairs, run.fresh_work_dir())
+    return write_step_output(run, pairs, verdict, section_name, config.rows_per_shard, plot_name)
 
 
 def normalized(series: pl.Series) -> pl.Series:

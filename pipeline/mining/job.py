@@ -32,7 +32,7 @@ import polars as pl
 
 from pipeline.corpus.files import atomic_write_bytes, config_hash, relative_input_entries
 from pipeline.corpus.folders import check_step_folders
-from pipeline.corpus.manifest import SCORE_PLOT_NAME, DropTally, Manifest, library_versions, matching_manifest
+from pipeline.corpus.manifest import SCORE_PLOT_NAME, DropTally, Manifest, library_versions, matching_manifest, source_record
 from pipeline.corpus.shards import remove_stale_shards
 from pipeline.embed.cache import EmbeddingCache, default_cache_dir, text_keys
 from pipeline.embed.embedder import CACHE_FLUSH_ROWS
@@ -458,12 +458,7 @@ def _mined_manifest(
         config_hash=job.resolved_hash,
         versions=library_versions("faiss-cpu", "sentence-transformers", "torch", "numpy"),
         sections={
-            "mined_from": {
-                "dataset": source_manifest.get("dataset"),
-                "path": os.path.relpath(dataset_dir, out_dir.parent),
-                "stage": source_manifest.get("stage"),
-                "config_hash": source_manifest.get("config_hash"),
-            },
+            "mined_from": source_record(source_manifest, dataset_dir, out_dir),
             "mining": {
                 "pairs": len(table.pairs),
                 "anchors": len(search.anchor_tids),

@@ -84,7 +84,7 @@ def test_the_steps_compose_and_only_the_last_versions_are_sampled(threads_run) -
     assert meta["dropped"] == {"replaced_by_curated": 8, "replaced_by_mined": 1}
     assert json.loads((corpus / "build.json").read_text())["curation"]["consistency"]["k"] == 3
     scores = summary["mined"][chain[4]]["scores"]
-    assert scores["margins"]["median"] is not None and Path(scores["plot"]).is_file()
+    assert scores["margins"]["median"] is not None and (corpus / scores["plot"]).is_file()
 
 
 @pytest.mark.slow
