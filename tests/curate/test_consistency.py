@@ -98,3 +98,15 @@ def test_negatives_are_carried_through(tmp_path, tiny_model_dir):
                                  cache_dir=tmp_path / "cache", echo=None)  # fmt: skip
     out = pl.read_parquet(tmp_path / "corpus" / "o" / "part-00000.parquet")
     assert manifest["columns"][:3] == ["anchor", "positive", "negative"] and out["negative"].to_list() == [r[2] for r in rows]
+
+
+def test_an_extra_corpus_adds_competitors(tmp_path):
+    folder = write_dataset(tmp_path / "corpus" / "d", PAIRS)
+    from pipeline.curate.step import prepare_step
+
+    config = ConsistencyConfig(k=1)
+    run = prepare_step("consistency", folder, tmp_path / "corpus" / "o", config, echo=None)
+    embedder = FixedEmbedder(VECTORS | {"polaris": [1, 0.01, 0]}, tmp_path / "cache")  # above "north star" for "north"
+    verdict = judge_consistency(read_step_pairs(run), pl.Series(["polaris"]), config, embedder, run.fresh_work_dir(), False)
+    assert verdict.details["rank"].to_list()[0] == 2 and verdict.reasons.to_list()[0] == "inconsistent"
+    assert verdict.section["corpus_size"] == len(PAIRS) + 1

@@ -144,3 +144,11 @@ def test_errors(tmp_path):
         rescore_negatives(pairs, tmp_path / "corpus" / "o", RescoreConfig(), echo=None)
     with pytest.raises(ValueError, match="no negative column"):
         judge_negatives(pl.DataFrame({"anchor": ["a"], "positive": ["b"], "id": ["0"]}), RescoreConfig(), "bi-encoder", fixed_scores)
+
+
+def test_the_relative_margin_is_sign_safe(tmp_path):
+    # positive -0.4, relative margin 0.05: keep only scores <= -0.4 - 0.02 (not <= -0.4 + 0.02)
+    scores = {"p": -0.4, "n1": -0.41, "n2": -0.43}
+    verdict = judged(tmp_path, [("q", "p", "n1"), ("q", "p", "n2")], RescoreConfig(),
+                     lambda anchors, texts: np.array([scores[t] for t in texts], dtype=np.float32))  # fmt: skip
+    assert verdict.reasons.to_list() == ["likely_false_negative", None]
