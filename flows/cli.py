@@ -132,19 +132,20 @@ def _run_mine(args: argparse.Namespace) -> int:
         f" dropped: {dropped}\n"
         f"  anchors {stats['anchors']:,}, short of negatives {stats['anchors_short_of_negatives']:,};"
         f" candidates skipped: {skipped}\n"
-        f"  {score_line(stats)}"
+        f"  {score_line(stats, args.out)}"
     )
     return 0
 
 
-def score_line(stats: dict[str, Any]) -> str:
-    """Medians (and quartiles) of a mining or rescoring section's positive scores, negative scores and margins."""
+def score_line(stats: dict[str, Any], folder: Any = None) -> str:
+    """Medians (and quartiles) of a mining or rescoring section's positive scores, negative scores and margins,
+    and where their plot is (in ``folder``)."""
     parts = []
     for key, label in (("positive_scores", "positive"), ("negative_scores", "negative"), ("margins", "margin")):
         histogram = stats.get(key) or {}
         if "median" in histogram:
             parts.append(f"{label} median {histogram['median']:.3f} (p25 {histogram['p25']:.3f}, p75 {histogram['p75']:.3f})")
-    plot = f"; histograms in {stats['plot']}" if stats.get("plot") else ""
+    plot = f"; histograms in {Path(folder or '.') / stats['plot']}" if stats.get("plot") else ""
     return ", ".join(parts or ["no scores"]) + plot
 
 
@@ -194,7 +195,7 @@ def curation_summary(command: str, dataset_dir: Any, out: Any, manifest: dict[st
         stats = manifest["rescoring"]
         rules = ", ".join(f"{k}={v:,}" for k, v in stats["negatives_dropped"].items() if v) or "none"
         lines.append(f"  {stats['negatives']:,} negatives judged by the {stats['model_type']}; failed: {rules}")
-        lines.append(f"  {score_line(stats)}")
+        lines.append(f"  {score_line(stats, out)}")
     if "decontamination" in manifest:
         stats = manifest["decontamination"]
         for entry in stats["eval_sets"]:
@@ -399,8 +400,7 @@ def run_summary(summary: dict[str, Any]) -> str:
         lines.append(f"negatives mined: {name}: {rows['rows_kept']:,} rows ({', '.join(rows['columns'][:3])})")
         scores = rows.get("scores") or {}
         if scores.get("margins"):
-            plot = {"plot": str(Path(summary["corpus_dir"]) / scores["plot"])} if scores.get("plot") else {}
-            lines.append(f"  {score_line(scores | plot)}")
+            lines.append(f"  {score_line(scores, summary['corpus_dir'])}")
     entries = ", ".join(f"{e['name']}={e['weight']}" for e in summary["config_entries"])
     lines.append(f"config written: {summary['data_config']} ({entries})")
     if "train" in summary:

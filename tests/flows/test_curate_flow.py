@@ -129,3 +129,14 @@ def test_run_rejects_a_bad_curation_option(value, message, capsys) -> None:
     assert main(["run", "--curation", value, "--out", "/nonexistent/out"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_the_run_summary_shows_curation_and_the_mining_diagnostics(threads_run) -> None:
+    from flows.cli import run_summary
+
+    out, summary = threads_run
+    text = run_summary(summary)
+    assert f"curated (rescore): {PAIRS_FINAL}:" in text and "dropped contaminated=" in text
+    mined = "nli-pairs-decontaminated-consistent-semdedup-mined"
+    assert f"negatives mined: {mined}:" in text and "margin median" in text
+    assert f"histograms in {out / 'corpus' / mined / 'scores.png'}" in text
