@@ -109,7 +109,8 @@ def child_ours(work: Path, out: Path, cache: Path, result: Path) -> None:
 
     started = time.perf_counter()
     config = MiningConfig(index="flat", batch_size=BATCH_SIZE, extra_corpus=(str(work / "corpus.parquet"),), **SETTINGS)
-    manifest = mine_negatives(work / "pairs", out, config, cache_dir=cache, device="cpu", echo=None)
+    # plot=False: sentence-transformers draws no histograms either (the plot costs about a second of matplotlib)
+    manifest = mine_negatives(work / "pairs", out, config, cache_dir=cache, device="cpu", echo=None, plot=False)
     elapsed = time.perf_counter() - started
     output_written = time.time()
     import polars as pl

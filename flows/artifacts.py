@@ -1,7 +1,9 @@
 """Prefect artifacts of the flows: manifests in, tables and progress out.
 
 In: stage manifests (``manifest.json`` dicts). Out: table artifacts (rows kept and
-dropped by reason, one row per dataset) and a progress artifact advanced stage by stage.
+dropped by reason, one row per dataset; the quartiles of mined datasets' scores and
+margins, with where their histograms are drawn) and a progress artifact advanced stage
+by stage.
 """
 
 from __future__ import annotations
@@ -37,6 +39,29 @@ def publish_stage_table(stage: str, manifests: Sequence[Mapping[str, Any]], desc
         key=f"pairforge-{stage}",
         table=manifest_rows(manifests),
         description=description,
+    )
+
+
+def score_rows(manifests: Sequence[Mapping[str, Any]], corpus: str) -> list[dict[str, Any]]:
+    """One row per mined dataset: quartiles of positive scores, chosen-negative scores and margins, the plot's path."""
+    rows = []
+    for manifest in sorted(manifests, key=lambda m: str(m.get("dataset"))):
+        stats = manifest.get("mining") or {}
+        row: dict[str, Any] = {"dataset": manifest.get("dataset")}
+        for key, label in (("positive_scores", "positive"), ("negative_scores", "negative"), ("margins", "margin")):
+            for q in ("p25", "median", "p75"):
+                row[f"{label} {q}"] = (stats.get(key) or {}).get(q)
+        row["histograms"] = f"{corpus}/{manifest.get('dataset')}/{stats['plot']}" if stats.get("plot") else None
+        rows.append(row)
+    return rows
+
+
+def publish_score_table(manifests: Sequence[Mapping[str, Any]], corpus: str) -> None:
+    """A table artifact ``pairforge-mining-scores``: does the margin over-filter? (see :func:`score_rows`)."""
+    create_table_artifact(
+        key="pairforge-mining-scores",
+        table=score_rows(manifests, corpus),
+        description="mined datasets: quartiles of positive scores, chosen-negative scores and margins (positive - negative)",
     )
 
 

@@ -128,13 +128,25 @@ def ingest_summary(manifests: Sequence[dict[str, Any]]) -> str:
 
 # --- mine -------------------------------------------------------------------------
 def _add_mine(sub: Any) -> None:
-    from pipeline.embed.cache import default_cache_dir
-    from pipeline.embed.encoders import ENCODER_CHOICES
     from pipeline.mining.config import MiningConfig
 
     parser = sub.add_parser("mine", help="mine hard negatives for a pair dataset with FAISS (triplet shards out)")
+    _add_step_folders(parser, uses_model=True)
+    parser.add_argument("--force", action="store_true", help="mine even if the output manifest already matches")
+    add_config_options(parser, MiningConfig, title="mining options (sentence-transformers' names)")
+    parser.set_defaults(run=_run_mine)
+
+
+def _add_step_folders(parser: argparse.ArgumentParser, uses_model: bool) -> None:
+    """The arguments of a dataset-folder-to-dataset-folder step: the folders and, for a model step, where it runs."""
+    from pipeline.embed.cache import default_cache_dir
+    from pipeline.embed.encoders import ENCODER_CHOICES
+
     parser.add_argument("dataset_dir", type=Path, help="a dataset folder with part-*.parquet shards and manifest.json")
     parser.add_argument("--out", type=Path, required=True, help="output dataset folder")
+    _add_wait(parser)
+    if not uses_model:
+        return
     parser.add_argument("--cache-dir", type=Path, default=None, help=f"embedding cache (default: {default_cache_dir()})")
     parser.add_argument("--device", default=None, help="encoder device (default: cuda if a GPU is visible, else cpu)")
     parser.add_argument(
@@ -142,10 +154,6 @@ def _add_mine(sub: Any) -> None:
         help="encoder backend: auto runs plain BERT models in numpy on a CPU (less memory), others in torch;"
         " numpy-mkl / numpy-openblas choose the numpy encoder's matrix products (default: %(default)s)",
     )  # fmt: skip
-    parser.add_argument("--force", action="store_true", help="mine even if the output manifest already matches")
-    _add_wait(parser)
-    add_config_options(parser, MiningConfig, title="mining options (sentence-transformers' names)")
-    parser.set_defaults(run=_run_mine)
 
 
 def _run_mine(args: argparse.Namespace) -> int:
@@ -172,10 +180,80 @@ def _mine(args: argparse.Namespace, config: Any) -> int:
         f" dropped: {dropped}\n"
         f"  anchors {stats['anchors']:,}, short of negatives {stats['anchors_short_of_negatives']:,};"
         f" candidates skipped: {skipped}\n"
-        f"  positive score mean {stats['positive_scores'].get('mean', float('nan')):.3f},"
-        f" negative score mean {stats['negative_scores'].get('mean', float('nan')):.3f}"
+        f"  {score_line(stats, args.out)}"
     )
     return 0
+
+
+def score_line(stats: dict[str, Any], folder: Any = None) -> str:
+    """Medians (and quartiles) of a mining or rescoring section's positive scores, negative scores and margins,
+    and where their plot is (in ``folder``)."""
+    parts = []
+    for key, label in (("positive_scores", "positive"), ("negative_scores", "negative"), ("margins", "margin")):
+        histogram = stats.get(key) or {}
+        if "median" in histogram:
+            parts.append(f"{label} median {histogram['median']:.3f} (p25 {histogram['p25']:.3f}, p75 {histogram['p75']:.3f})")
+    plot = f"; histograms in {Path(folder or '.') / stats['plot']}" if stats.get("plot") else ""
+    return ", ".join(parts or ["no scores"]) + plot
+
+
+# --- curation steps ---------------------------------------------------------------
+def _add_curate(sub: Any) -> None:
+    from pipeline.curate import STEPS
+
+    for step in STEPS.values():
+        parser = sub.add_parser(step.command, help=step.help, description=step.help[0].upper() + step.help[1:] + ".")
+        _add_step_folders(parser, uses_model=step.uses_model)
+        parser.add_argument("--force", action="store_true", help="run even if the output manifest already matches")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_config_options(parser, step.config, title=f"{step.command} options")
+        parser.set_defaults(run=_run_curate, step=step.name)
+
+
+def _run_curate(args: argparse.Namespace) -> int:
+    from pipeline.curate import STEPS
+
+    step = STEPS[args.step]
+    config = config_from_args(args, step.config)
+    return _locked(args.out, args, lambda: _curate(args, step, config))
+
+
+def _curate(args: argparse.Namespace, step: Any, config: Any) -> int:
+    where = {"cache_dir": args.cache_dir, "device": args.device, "encoder": args.encoder} if step.uses_model else {}
+    manifest = step.run(args.dataset_dir, args.out, config, force=args.force, progress=not args.quiet, **where)
+    if not manifest.get("skipped"):
+        print(curation_summary(step.command, args.dataset_dir, args.out, manifest))
+    return 0
+
+
+def curation_summary(command: str, dataset_dir: Any, out: Any, manifest: dict[str, Any]) -> str:
+    """What a curation step kept and dropped, and its own figures, in a few lines."""
+    dropped = ", ".join(f"{k}={v:,}" for k, v in manifest["dropped"].items()) or "nothing"
+    lines = [
+        f"{command} {dataset_dir} -> {out}: {manifest['rows_kept']:,} of {manifest['rows_read']:,} rows kept;"
+        f" dropped {dropped} (quarantine: {manifest['quarantine']['rows']:,} rows in {manifest['quarantine']['path']})"
+    ]
+    if "consistency" in manifest:
+        ranks = manifest["consistency"]["rank_histogram"]
+        lines.append("  positive's rank for its anchor: " + ", ".join(f"{r}: {n:,}" for r, n in ranks.items() if n))
+    if "semantic_dedup" in manifest:
+        stats = manifest["semantic_dedup"]
+        lines.append(
+            f"  {stats['distinct_anchors']:,} distinct anchors in {stats['n_clusters']:,} clusters;"
+            f" {stats['anchors_within_eps']:,} within eps={stats['eps']} of a kept one,"
+            f" {stats['rows_repeating_an_anchor']:,} rows repeat an anchor"
+        )
+    if "rescoring" in manifest:
+        stats = manifest["rescoring"]
+        rules = ", ".join(f"{k}={v:,}" for k, v in stats["negatives_dropped"].items() if v) or "none"
+        lines.append(f"  {stats['negatives']:,} negatives judged by the {stats['model_type']}; failed: {rules}")
+        lines.append(f"  {score_line(stats, out)}")
+    if "decontamination" in manifest:
+        stats = manifest["decontamination"]
+        for entry in stats["eval_sets"]:
+            lines.append(f"  {entry['kind']} {entry['path']}: {entry['texts']:,} texts, {entry['rows_matched']:,} rows matched")
+        lines.append(f"  matched exactly: {stats['rows_matched']['exact']:,}, by n-gram: {stats['rows_matched']['ngram']:,}")
+    return "\n".join(lines)
 
 
 # --- config -----------------------------------------------------------------------
@@ -330,6 +408,9 @@ def _add_run(sub: Any) -> None:
                         help="train through this deployment (e.g. pairforge-train/gpu) instead of in-process")  # fmt: skip
     parser.add_argument("--evaluate-deployment", default=None, metavar="FLOW/DEPLOYMENT",
                         help="evaluate through this deployment (e.g. pairforge-evaluate/cpu) instead of in-process")  # fmt: skip
+    parser.add_argument("--curation", default=None, metavar="JSON|@FILE",
+                        help='curation steps to run, as JSON or @file: {"decontaminate": {}, "consistency": {"k": 2},'
+                             ' "semantic_dedup": {}, "rescore": {"model": "DIR"}} (docs/curation.md; default: none)')  # fmt: skip
     parser.add_argument("--task-runner", default=None, metavar="SPEC",
                         help="where corpus tasks run: 'thread' (default), 'dask:local[:N]' (N worker processes) "
                              "or 'dask:tcp://HOST:8786' (an existing Dask scheduler); output is identical either way")  # fmt: skip
@@ -365,12 +446,39 @@ def _run_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "mining": model,
         "training": {**model, **device, "max_steps": args.max_steps, "batch_size": args.batch_size},
         "evaluation": {**device, "stsb": [absolute_path(p) for p in args.stsb], "nli": [absolute_path(p) for p in args.nli]},
+        "curation": _curation_option(args.curation),
         "train_deployment": args.train_deployment,
         "evaluate_deployment": args.evaluate_deployment,
         "stop_after": args.stop_after,
         "task_runner": args.task_runner,
         "wait_for_lock": args.wait,
     }
+
+
+def _curation_option(value: str | None) -> dict[str, Any] | None:
+    """``--curation``: a JSON object, or ``@FILE`` holding one.
+
+    Raises:
+        ValueError: not a JSON object (the message says where).
+    """
+    import json
+
+    if value is None:
+        return None
+    where = "--curation"
+    if value.startswith("@"):
+        where = value[1:]
+        try:
+            value = Path(where).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--curation {where}: cannot read it ({exc.strerror})") from None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f'{where}: expected a JSON object such as {{"consistency": {{"k": 2}}}}, got {type(parsed).__name__}')
+    return parsed
 
 
 def run_summary(summary: dict[str, Any]) -> str:
@@ -381,8 +489,14 @@ def run_summary(summary: dict[str, Any]) -> str:
     lines.append(f"{'dataset':<{width}}  {'read':>9}  {'kept':>9}  {'train':>9}  {'heldout':>7}")
     for name, rows in datasets.items():
         lines.append(f"{name:<{width}}  {rows['rows_read']:>9,}  {rows['rows_kept']:>9,}  {rows['rows_train']:>9,}  {rows['rows_heldout']:>7,}")
+    for name, rows in summary.get("curated", {}).items():
+        dropped = ", ".join(f"{k}={v:,}" for k, v in rows["dropped"].items()) or "nothing"
+        lines.append(f"curated ({rows['stage']}): {name}: {rows['rows_kept']:,} of {rows['rows_read']:,} rows kept, dropped {dropped}")
     for name, rows in summary["mined"].items():
         lines.append(f"negatives mined: {name}: {rows['rows_kept']:,} rows ({', '.join(rows['columns'][:3])})")
+        scores = rows.get("scores") or {}
+        if scores.get("margins"):
+            lines.append(f"  {score_line(scores, summary['corpus_dir'])}")
     entries = ", ".join(f"{e['name']}={e['weight']}" for e in summary["config_entries"])
     lines.append(f"config written: {summary['data_config']} ({entries})")
     if "train" in summary:
@@ -418,6 +532,9 @@ def _run_run(args: argparse.Namespace) -> int:
     _prefect_defaults()
     parameters = _run_parameters(args)
     parse_runner_spec(args.task_runner)  # fail fast, before starting Prefect
+    from flows.curate import resolve_curation
+
+    resolve_curation(parameters["curation"], parameters["evaluation"])  # a bad step or option: one line, before Prefect
     # The flow locks its corpus too; taken here first, a busy corpus is one line on
     # stderr before Prefect starts (the flow's own lock is then this process's).
     return _locked(corpus_paths(args.out)["corpus"], args, lambda: _run_flow(parameters))
@@ -464,7 +581,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 # --- the command ------------------------------------------------------------------
-COMMANDS: list[Callable[[Any], None]] = [_add_ingest, _add_mine, _add_config, _add_train, _add_evaluate, _add_run, _add_verify]
+COMMANDS: list[Callable[[Any], None]] = [
+    _add_ingest, _add_mine, _add_curate, _add_config, _add_train, _add_evaluate, _add_run, _add_verify,
+]  # fmt: skip
 
 
 DEBUG_ENV = "PAIRFORGE_DEBUG"

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import publish_stage_table
+from flows.artifacts import publish_score_table, publish_stage_table
 from flows.config_options import build_config
 from flows.locking import flow_lock
 from flows.paths import corpus_paths, mined_name
@@ -157,6 +157,7 @@ def _mine(corpus: Path, datasets: list[str], mining: dict[str, Any] | None, enco
     futures = [_mine_split(*entry) if isinstance(entry, tuple) else entry for entry in futures]
     manifests = [future.result() for future in futures]
     publish_stage_table("mine", manifests, f"datasets with mined negatives in `{corpus}`")
+    publish_score_table(manifests, str(corpus))
     return manifests
 
 

@@ -7,8 +7,9 @@ under ``out_dir``: ``corpus/`` (datasets, mined datasets, ``data_config.json``,
 artifact, and a summary dict (datasets and rows, negatives mined, the config written,
 training steps, the evaluation table, where everything is).
 
-Stages run in order: build-corpus, mine-negatives, write-config, then training and
-evaluation. With ``train_deployment`` / ``evaluate_deployment`` set (a work pool
+Stages run in order: build-corpus, curate-corpus (the curation steps switched on by
+``curation``, before mining), mine-negatives, curate-corpus again (rescoring of the
+mined negatives), write-config, then training and evaluation. With ``train_deployment`` / ``evaluate_deployment`` set (a work pool
 configured, e.g. ``pairforge-train/gpu``), those run as deployment runs on their
 pools via ``run_deployment``, linked to this run as subflows; without them (the
 embedded default) they run in-process. Every worker must then see ``out_dir``.
@@ -39,6 +40,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.artifacts import Progress
+from flows.curate import DATASETS_KEY, curate_corpus, resolve_curation
 from flows.data_config import write_config
 from flows.evaluate import evaluate
 from flows.ingest import build_corpus
@@ -141,6 +143,17 @@ def absolute_mining(mining: dict[str, Any] | None) -> dict[str, Any]:
     return options
 
 
+def _scores(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A mined dataset's score quartiles and its histograms' path in the corpus, for the run's report."""
+    stats = manifest.get("mining") or {}
+    quartiles = {
+        key: {q: stats[key][q] for q in ("p25", "median", "p75") if q in stats.get(key, {})}
+        for key in ("positive_scores", "negative_scores", "margins")
+    }
+    plot = stats.get("plot")
+    return quartiles | {"plot": f"{manifest['dataset']}/{plot}" if plot else None}
+
+
 @flow(name="pairforge-pipeline", log_prints=True)
 def pairforge_pipeline(
     sources: list[dict[str, Any]],
@@ -148,6 +161,7 @@ def pairforge_pipeline(
     ingest: dict[str, Any] | None = None,
     mining: dict[str, Any] | None = None,
     mine: list[str] | None = None,
+    curation: dict[str, Any] | None = None,
     policy: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
@@ -165,6 +179,9 @@ def pairforge_pipeline(
         ingest: :class:`pipeline.ingest.IngestConfig` overrides.
         mining: :class:`pipeline.mining.MiningConfig` overrides.
         mine: names of the datasets to mine; None for every ingested pair dataset.
+        curation: the curation steps to run, ``{step: overrides}``, e.g. ``{"decontaminate": {},
+            "consistency": {"k": 2}, "rescore": {"model": "models/ce"}}`` (flows/curate.py); a
+            dataset is mined (and trained on) in its curated version. None: no curation.
         policy: :class:`pipeline.sampling.WeightPolicy` overrides.
         training: :class:`pipeline.train.TrainConfig` overrides.
         evaluation: :class:`pipeline.evaluate.EvalConfig` overrides (``stsb``, ``nli``...).
@@ -186,7 +203,7 @@ def pairforge_pipeline(
     paths = corpus_paths(out_dir)
     with flow_lock(paths["corpus"], wait_for_lock):
         return _pipeline(
-            paths, absolute_sources(sources), ingest, absolute_mining(mining), mine, policy, training, evaluation,
+            paths, absolute_sources(sources), ingest, absolute_mining(mining), mine, curation, policy, training, evaluation,
             train_deployment, evaluate_deployment, stop_after, task_runner, wait_for_lock,
         )  # fmt: skip
 
@@ -197,6 +214,7 @@ def _pipeline(
     ingest: dict[str, Any] | None,
     mining: dict[str, Any],
     mine: list[str] | None,
+    curation: dict[str, Any] | None,
     policy: dict[str, Any] | None,
     training: dict[str, Any] | None,
     evaluation: dict[str, Any] | None,
@@ -212,23 +230,38 @@ def _pipeline(
     logger = get_run_logger()
     out = paths["out"]
     model_dir, report_dir = paths["model"], paths["report"]
-    stages = ["ingest", "mine", "config", "train", "evaluate"]
+    steps = resolve_curation(curation, evaluation)  # a bad step or option fails before any work
+    stages = ["ingest", *(["curate"] if steps else []), "mine", "config", "train", "evaluate"]
     stages = stages[: stages.index(stop_after) + 1]
     progress = Progress(stages)
 
-    # One cluster (and one Prefect API the workers report to) for both corpus stages.
+    # One cluster (and one Prefect API the workers report to) for the corpus stages.
+    curated: list[dict[str, Any]] = []
     with shared_prefect_api(task_runner), dask_cluster(task_runner) as runner:
         datasets = with_runner(build_corpus, runner)(sources, str(out), ingest)
         progress.advance("ingest")
-        mined = with_runner(mine_corpus, runner)(str(out), pair_datasets(datasets) if mine is None else mine, mining)
+        final = {m["dataset"]: m["dataset"] for m in datasets}  # each dataset's last version
+        if steps:
+            chosen = steps.get(DATASETS_KEY) or [m["dataset"] for m in datasets]
+            before = with_runner(curate_corpus, runner)(str(out), chosen, steps)
+            curated, final = before["manifests"], final | before["names"]
+        latest = {m["dataset"]: m for m in [*datasets, *curated]}
+        to_mine = pair_datasets([latest[final[m["dataset"]]] for m in datasets]) if mine is None else [final.get(n, n) for n in mine]
+        mined = with_runner(mine_corpus, runner)(str(out), to_mine, mining)
+        if steps:
+            unmined = [final[m["dataset"]] for m in datasets if final[m["dataset"]] not in to_mine]
+            after = with_runner(curate_corpus, runner)(str(out), [m["dataset"] for m in mined] + unmined, steps, after_mining=True)
+            curated += after["manifests"]
+            progress.advance("curate")
         progress.advance("mine")
     entries = write_config(str(out), policy)
     # What verify needs to rebuild this corpus: the inputs (absolute paths, as the
     # manifests name them) and every corpus config.
     atomic_write_json(
         paths["build_spec"],
-        {"sources": sources, "ingest": ingest or {}, "mining": mining, "mine": mine, "policy": policy or {}},
-    )
+        {"sources": sources, "ingest": ingest or {}, "mining": mining, "mine": mine, "policy": policy or {},
+         "curation": curation or {}},
+    )  # fmt: skip
     progress.advance("config")
 
     summary: dict[str, Any] = {
@@ -236,7 +269,8 @@ def _pipeline(
         "corpus_dir": str(paths["corpus"]),
         "data_config": str(paths["data_config"]),
         "datasets": {m["dataset"]: {k: m[k] for k in ("rows_read", "rows_kept", "rows_train", "rows_heldout")} for m in datasets},
-        "mined": {m["dataset"]: {"rows_kept": m["rows_kept"], "columns": m["columns"]} for m in mined},
+        "mined": {m["dataset"]: {"rows_kept": m["rows_kept"], "columns": m["columns"], "scores": _scores(m)} for m in mined},
+        "curated": {m["dataset"]: {k: m[k] for k in ("stage", "rows_read", "rows_kept", "dropped")} for m in curated},
         "config_entries": entries,
     }
     if stop_after in ("train", "evaluate"):

@@ -146,6 +146,7 @@ def _rebuild_and_compare(corpus_dir: str, spec: dict[str, Any], work_dir: str | 
             mining=spec.get("mining"),
             mine=spec.get("mine"),
             policy=spec.get("policy"),
+            curation=spec.get("curation"),
             stop_after="config",
         )
         return compare_corpora(corpus_dir, corpus_paths(rebuild)["corpus"])

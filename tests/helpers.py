@@ -166,3 +166,50 @@ class LockHolder:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=60)
+
+
+class FixedEmbedder:
+    """An embedder whose vectors are given by hand: ``texts[t]`` embeds as ``vectors[t]`` (normalized).
+
+    It has the face the curation steps use (``embed``, ``dimension``, ``cache_root``,
+    ``cache_key``, ``resolved``), so a step's decisions can be checked on geometry
+    chosen for the test.
+    """
+
+    def __init__(self, vectors: dict, cache_root: Path) -> None:
+        import numpy as np
+
+        from pipeline.embed.encoders import ResolvedEncoder
+
+        self.vectors = {t: np.asarray(v, dtype=np.float32) / np.linalg.norm(v) for t, v in vectors.items()}
+        self.dimension = len(next(iter(vectors.values())))
+        self.cache_root = cache_root
+        self.cache_key = "f" * 64
+        self.resolved = ResolvedEncoder("numpy", "cpu", "openblas")
+
+    def embed(self, texts: list, out=None, progress: bool = False):
+        for row, text in enumerate(texts):
+            out[row] = self.vectors[text]
+        return out
+
+
+def build_tiny_cross_encoder(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random sentence-transformers ``CrossEncoder`` (BERT, one output, sigmoid) to ``folder``."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from pipeline.embed.models import default_model_path
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizerFast(vocab=str(default_model_path() / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=1,
+    )  # fmt: skip
+    hf_dir = folder / "hf"
+    BertForSequenceClassification(config).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    out = folder / "tiny-ce"
+    CrossEncoder(str(hf_dir), device="cpu", local_files_only=True, max_length=64).save(str(out))
+    return out

@@ -61,3 +61,9 @@ def input_entries(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any
         p = Path(path)
         entries.append({"path": str(path), "bytes": p.stat().st_size, "sha256": file_sha256(p)})
     return entries
+
+
+def relative_input_entries(paths: Iterable[str | os.PathLike[str]], root: Path) -> list[dict[str, Any]]:
+    """:func:`input_entries` with each path relative to ``root`` (a step's corpus root), so
+    a corpus moved or rebuilt elsewhere keeps byte-identical manifests."""
+    return [{**entry, "path": os.path.relpath(Path(entry["path"]).resolve(), root)} for entry in input_entries(paths)]

@@ -3,8 +3,10 @@
 In: a corpus root and dataset names (paths relative to the root, possibly with
 ``/``, as in the 1B-pairs project's configs). Out: the folder of a name, refused when
 it would resolve outside the root (``..``, absolute paths, symlinks out), every
-complete dataset folder of a root with its manifest, and a folder's rows as
-:class:`~pipeline.corpus.schema.PairRecord` objects.
+complete dataset folder of a root with its manifest, a folder's rows as
+:class:`~pipeline.corpus.schema.PairRecord` objects, and the check every
+folder-to-folder step (mining, curation) makes of its input and output folders
+(:func:`check_step_folders`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,27 @@ def discover_datasets(corpus_dir: str | os.PathLike[str]) -> dict[str, dict[str,
                 raise ValueError(f"{Path(dirpath) / MANIFEST_NAME}: no rows_train field")
             found[name] = manifest
     return dict(sorted(found.items()))
+
+
+def check_step_folders(dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """The input dataset's manifest, once the input is complete and the output cannot overwrite it.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` is not a folder.
+        ValueError: the input has no manifest (incomplete), or ``out_dir`` is the input,
+            inside it, or holds it.
+    """
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {dataset_dir}")
+    source_manifest = read_manifest(dataset_dir)
+    if source_manifest is None:
+        raise ValueError(f"{dataset_dir / MANIFEST_NAME}: missing; the dataset folder is incomplete (rerun its stage)")
+    source, out = dataset_dir.resolve(), out_dir.resolve()
+    if out == source or source in out.parents:
+        raise ValueError(f"--out {out_dir} must not be the input dataset folder or inside it")
+    if out in source.parents:
+        raise ValueError(f"--out {out_dir} must not contain the input dataset folder {dataset_dir}")
+    return source_manifest
 
 
 def read_records(folder: str | os.PathLike[str], split: str = "train") -> Iterator[PairRecord]:

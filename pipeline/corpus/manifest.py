@@ -23,6 +23,8 @@ from pipeline.corpus.files import atomic_write_json, file_sha256
 
 MANIFEST_NAME = "manifest.json"
 QUARANTINE_NAME = "quarantine.jsonl"
+# Histograms of a step's scores drawn beside its manifest (mining, rescoring).
+SCORE_PLOT_NAME = "scores.png"
 
 
 class AccountingError(ValueError):
@@ -171,6 +173,17 @@ def matching_manifest(
     if stage is not None and manifest.get("stage") != stage:
         return None
     return manifest if shards_intact(folder, manifest) else None
+
+
+def source_record(source_manifest: Mapping[str, Any], source_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """What a derived dataset's manifest says of the dataset it was made from (``mined_from``, ``curated_from``):
+    its name, its path relative to the output's corpus root, its stage and config hash."""
+    return {
+        "dataset": source_manifest.get("dataset"),
+        "path": os.path.relpath(source_dir, out_dir.parent),
+        "stage": source_manifest.get("stage"),
+        "config_hash": source_manifest.get("config_hash"),
+    }
 
 
 def library_versions(*names: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.corpus.files import file_sha256
-from pipeline.corpus.manifest import MANIFEST_NAME, QUARANTINE_NAME
+from pipeline.corpus.manifest import MANIFEST_NAME, QUARANTINE_NAME, SCORE_PLOT_NAME
 
 SHARD_PATTERN = "part-*.parquet"
 HELDOUT_DIR = "heldout"
@@ -178,11 +178,11 @@ class ShardWriter:
 
 
 def remove_stale_shards(folder: Path) -> None:
-    """Delete shards, temporaries and the manifest a previous run left in ``folder``."""
+    """Delete shards, temporaries, the quarantine, the score plot and the manifest a previous run left in ``folder``."""
     if not folder.exists():
         return
     patterns = (SHARD_PATTERN, ".*.tmp-*", f"{HELDOUT_DIR}/{SHARD_PATTERN}", f"{HELDOUT_DIR}/.*.tmp-*")
-    for pattern in (MANIFEST_NAME, QUARANTINE_NAME, *patterns):
+    for pattern in (MANIFEST_NAME, QUARANTINE_NAME, SCORE_PLOT_NAME, *patterns):
         for path in folder.glob(pattern):
             path.unlink()
 

@@ -7,7 +7,9 @@ rows that are queries, ``k`` and an :class:`IndexConfig`. Out: for every query i
 The index is chosen by corpus size: exact inner product (the corpus scanned in blocks
 from the memory map, results merged in a heap) below ``ivf_threshold``, an IVF index
 trained on a seeded sample with its inverted lists on disk above it (memory does not
-grow with the corpus), HNSW on request.
+grow with the corpus), HNSW on request. :func:`cached_search` keeps results in the
+search cache (:class:`~pipeline.embed.cache.SearchCache`), so a rebuild over the same
+texts (mining, the consistency filter) does not search again.
 """
 
 from __future__ import annotations
@@ -188,3 +190,33 @@ def search_candidates(
         ids = np.concatenate([ids, np.full((len(ids), k - k_eff), -1, dtype=np.int64)], axis=1)
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
     return scores, ids, info
+
+
+def cached_search(
+    embeddings: np.ndarray,
+    keys: np.ndarray,
+    corpus_rows: np.ndarray,
+    query_rows: np.ndarray,
+    k: int,
+    config: IndexConfig,
+    cache_dir: str | os.PathLike[str],
+    cache_key: str,
+    work_dir: Path,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """:func:`search_candidates` through the search cache of ``cache_key`` under ``cache_dir``.
+
+    The entry is keyed by the embedding bytes, the queries' and corpus' text keys in
+    order (``keys`` holds one row per embedding row), ``k`` and the index settings; a
+    damaged entry is searched again.
+    """
+    from pipeline.embed.cache import SearchCache, embeddings_sha256
+
+    searches = SearchCache(Path(cache_dir) / cache_key[:32] / "searches")
+    search_key = searches.key(cache_key, keys[query_rows], keys[corpus_rows], k, config, embeddings_sha256(embeddings))
+    found = searches.load(search_key)
+    if found is not None:
+        return found
+    scores, positions, info = search_candidates(embeddings, corpus_rows, query_rows, k, config, work_dir, progress=progress)
+    searches.store(search_key, scores, positions, info)
+    return scores, positions, info

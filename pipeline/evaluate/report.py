@@ -13,12 +13,12 @@ matplotlib is imported inside the plotting functions, with the Agg backend.
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.corpus.files import atomic_write_bytes, atomic_write_json
+from pipeline.plots import png_bytes, pyplot
 
 MARKDOWN_NAME = "report.md"
 METRICS_PLOT_NAME = "metrics.png"
@@ -68,25 +68,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _png_bytes(figure: Any) -> bytes:
-    buffer = io.BytesIO()
-    # no Software/date metadata: the same figure gives the same bytes
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return buffer.getvalue()
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def metrics_plot(report: Mapping[str, Any]) -> bytes:
     """PNG bytes of horizontal bars per metric, model vs baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in report["metrics"] if r["model"] is not None and not math.isnan(r["model"])]
     height = max(2.5, 0.45 * len(rows) + 1.2)
     figure, axes = plt.subplots(figsize=(9, height))
@@ -107,14 +91,14 @@ def metrics_plot(report: Mapping[str, Any]) -> bytes:
     axes.set_title(f"model vs baseline: {report['summary']['verdict']}")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     figure.tight_layout()
-    data = _png_bytes(figure)
+    data = png_bytes(figure)
     plt.close(figure)
     return data
 
 
 def heatmap_plot(report: Mapping[str, Any]) -> bytes:
     """PNG bytes of the cosine-similarity matrices (anchors x positives), model and baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     heat = report["heatmap"]
     n = len(heat["anchors"])
     cell = 0.5
@@ -140,7 +124,7 @@ def heatmap_plot(report: Mapping[str, Any]) -> bytes:
             axes.set_xlabel("positive")
     figure.suptitle(f"cosine similarity, {heat['title'] or 'no pairs'} (diagonal: true pairs)", fontsize=10)
     figure.colorbar(image, ax=list(panels), shrink=0.8)
-    data = _png_bytes(figure)
+    data = png_bytes(figure)
     plt.close(figure)
     return data
 

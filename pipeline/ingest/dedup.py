@@ -158,6 +158,16 @@ def _gather(records: np.ndarray, order: np.ndarray) -> np.ndarray:
     return np.take(plain, order, axis=0).view(_ROW_DTYPE).reshape(len(order))
 
 
+def shingles(text: str, size: int) -> set[str]:
+    """The character ``size``-grams of ``text`` (the text itself when it is shorter): what MinHash hashes."""
+    return {text[i : i + size] for i in range(max(len(text) - size + 1, 1))}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    """The Jaccard similarity of two shingle sets (the quantity MinHash estimates)."""
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
 class NearDuplicateFilter:
     """Drop texts with an earlier text of estimated Jaccard similarity >= ``threshold``.
 
@@ -183,9 +193,7 @@ class NearDuplicateFilter:
         mask = np.ones(len(texts), dtype=bool)
         for position, text in enumerate(texts):
             signature = MinHash(num_perm=self.num_perm, seed=self.seed)
-            size = self.shingle
-            grams = {text[i : i + size] for i in range(max(len(text) - size + 1, 1))}
-            signature.update_batch([g.encode("utf-8") for g in grams])
+            signature.update_batch([g.encode("utf-8") for g in shingles(text, self.shingle)])
             if self._index.query(signature):
                 mask[position] = False
                 continue

@@ -30,10 +30,11 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
-from pipeline.corpus.files import config_hash, input_entries
-from pipeline.corpus.manifest import MANIFEST_NAME, DropTally, Manifest, library_versions, matching_manifest, read_manifest
+from pipeline.corpus.files import atomic_write_bytes, config_hash, relative_input_entries
+from pipeline.corpus.folders import check_step_folders
+from pipeline.corpus.manifest import SCORE_PLOT_NAME, DropTally, Manifest, library_versions, matching_manifest, source_record
 from pipeline.corpus.shards import remove_stale_shards
-from pipeline.embed.cache import EmbeddingCache, SearchCache, default_cache_dir, embeddings_sha256, text_keys
+from pipeline.embed.cache import EmbeddingCache, default_cache_dir, text_keys
 from pipeline.embed.embedder import CACHE_FLUSH_ROWS
 from pipeline.embed.encoders import (
     EncoderChoice,
@@ -47,20 +48,16 @@ from pipeline.embed.encoders import (
     split_plan,
     token_lengths,
 )
-from pipeline.embed.index import gather_rows, search_candidates
+from pipeline.embed.index import cached_search, gather_rows
 from pipeline.embed.models import cached_model_fingerprint, resolve_model_path
 from pipeline.memory import release_free_memory
 from pipeline.mining.config import MiningConfig
-from pipeline.mining.output import output_schema, score_histogram, write_output
+from pipeline.mining.output import output_schema, score_histogram, score_plot, write_output
 from pipeline.mining.select import select_negatives
 from pipeline.mining.texts import TextTable, build_text_table, read_extra_corpus, read_pairs
 
 Echo = Callable[[str], None]
 _WORK_DIR = ".mine-work"
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
 
 
 _PLAN_TEXTS = "encode-plan.parquet"
@@ -124,19 +121,6 @@ class MiningJob:
         return load_text_encoder(self.model_path, self.encoder)
 
 
-def _checked_folders(dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
-    if not dataset_dir.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {dataset_dir}")
-    source_manifest = read_manifest(dataset_dir)
-    if source_manifest is None:
-        raise ValueError(f"{dataset_dir / MANIFEST_NAME}: missing; the dataset folder is incomplete (rerun its stage)")
-    if _same_path(out_dir, dataset_dir) or dataset_dir.resolve() in out_dir.resolve().parents:
-        raise ValueError(f"--out {out_dir} must not be the input dataset folder or inside it")
-    if out_dir.resolve() in dataset_dir.resolve().parents:
-        raise ValueError(f"--out {out_dir} must not contain the input dataset folder {dataset_dir}")
-    return source_manifest
-
-
 def _read_table(dataset_dir: Path, config: MiningConfig) -> tuple[TextTable, int]:
     pairs, _ = read_pairs(dataset_dir)
     extra, _ = read_extra_corpus(config.extra_corpus)
@@ -157,7 +141,7 @@ def _prepare(
 ) -> tuple[MiningJob, TextTable | None, Any | None]:
     """The job, the text table and the encoder when one had to be loaded to plan."""
     dataset_dir, out_dir = Path(dataset_dir).resolve(), Path(out_dir).resolve()
-    source_manifest = _checked_folders(dataset_dir, out_dir)
+    source_manifest = check_step_folders(dataset_dir, out_dir)
     cache_root = Path(cache_dir).resolve() if cache_dir else default_cache_dir()
 
     # 1. inputs, config and the skip check
@@ -174,13 +158,8 @@ def _prepare(
         "source_config_hash": source_manifest.get("config_hash"),
     }
     resolved_hash = config_hash(resolved)
-    # Paths relative to the output's parent (the corpus root): a corpus moved or rebuilt
-    # elsewhere keeps byte-identical manifests.
-    corpus_root = out_dir.parent
-    inputs = [
-        {**entry, "path": os.path.relpath(Path(entry["path"]).resolve(), corpus_root)}
-        for entry in input_entries(train_files + extra_files)
-    ]
+    # Paths relative to the output's parent (the corpus root).
+    inputs = relative_input_entries(train_files + extra_files, out_dir.parent)
     job = MiningJob(
         dataset_dir=str(dataset_dir), out_dir=str(out_dir), config=config, cache_dir=str(cache_root),
         rows_read=len(pairs), resolved=resolved, resolved_hash=resolved_hash, inputs=inputs, source_manifest=source_manifest,
@@ -310,11 +289,13 @@ def encode_slice(job: MiningJob, slice_index: int, echo: Echo | None = None, enc
     return {"slice": slice_index, "texts": done, "seconds": elapsed}
 
 
-def finish_mining(job: MiningJob, echo: Echo | None = print, table: TextTable | None = None) -> dict[str, Any]:
-    """Last step: gather the slices' embeddings, search once, select, write shards and manifest.
+def finish_mining(job: MiningJob, echo: Echo | None = print, table: TextTable | None = None, plot: bool = True) -> dict[str, Any]:
+    """Last step: gather the slices' embeddings, search once, select, write shards, plot and manifest.
 
     Texts a slice did not deliver (a lost worker, a corrupt cache entry) are encoded
-    here, with the same batch plan. The work folder is removed at the end.
+    here, with the same batch plan. The work folder is removed at the end. With
+    ``plot``, the histograms of positive scores, chosen-negative scores and margins are
+    drawn into ``scores.png`` beside the manifest (matplotlib: about a second).
 
     Returns:
         The manifest written (with ``embedding_counts`` added to the returned dict);
@@ -349,11 +330,18 @@ def finish_mining(job: MiningJob, echo: Echo | None = print, table: TextTable | 
         per_row = config.num_negatives if _one_row_per_negative(config) else 1
         dropped = DropTally()
         dropped.update({reason: n * per_row for reason, n in table.dropped.items()})
-        shards, rows_written, negative_scores = write_output(out_dir, table, selection, config, dropped)
+        shards, rows_written, negative_scores, margins = write_output(
+            out_dir, table, selection, config, dropped, search.positive_scores
+        )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
-    manifest = _mined_manifest(job, table, search, selection, dropped, shards, rows_written, negative_scores).write(out_dir)
+    manifest = _mined_manifest(job, table, search, selection, dropped, shards, rows_written, negative_scores, margins)
+    if plot:
+        stats = manifest.sections["mining"]
+        atomic_write_bytes(out_dir / SCORE_PLOT_NAME, score_plot(stats, f"{out_dir.name}: mined negatives"))
+        stats["plot"] = SCORE_PLOT_NAME
+    manifest = manifest.write(out_dir)
     if echo is not None:
         echo(
             f"embeddings: {embed_counts['cached']:,} from cache, {embed_counts['encoded']:,} encoded;"
@@ -420,18 +408,10 @@ def _search(job: MiningJob, table: TextTable, embeddings: np.ndarray, progress: 
     k = range_max + max_positives
     all_keys = text_keys(table.texts)
     index_config = config.index_config()
-    searches = SearchCache(Path(job.cache_dir) / job.cache_key[:32] / "searches")
-    search_key = searches.key(
-        job.cache_key, all_keys[anchor_tids], all_keys[table.corpus_tids], k, index_config, embeddings_sha256(embeddings)
-    )
-    found = searches.load(search_key)
-    if found is None:
-        scores, positions, index_info = search_candidates(
-            embeddings, table.corpus_tids, anchor_tids, k, index_config, job.work_dir, progress=progress
-        )
-        searches.store(search_key, scores, positions, index_info)
-    else:
-        scores, positions, index_info = found
+    scores, positions, index_info = cached_search(
+        embeddings, all_keys, table.corpus_tids, anchor_tids, k, index_config, job.cache_dir, job.cache_key, job.work_dir,
+        progress=progress,
+    )  # fmt: skip
     candidate_tids = np.where(positions >= 0, table.corpus_tids[np.maximum(positions, 0)], -1)
     return _Search(
         anchor_tids, pair_anchor, positive_tid_per_pair, positive_scores, max_positives, int(range_max), candidate_tids,
@@ -453,6 +433,7 @@ def _mined_manifest(
     shards: list[dict[str, Any]],
     rows_written: int,
     negative_scores: np.ndarray,
+    margins: np.ndarray,
 ) -> Manifest:
     config = job.config
     source_manifest = job.source_manifest
@@ -477,12 +458,7 @@ def _mined_manifest(
         config_hash=job.resolved_hash,
         versions=library_versions("faiss-cpu", "sentence-transformers", "torch", "numpy"),
         sections={
-            "mined_from": {
-                "dataset": source_manifest.get("dataset"),
-                "path": os.path.relpath(dataset_dir, out_dir.parent),
-                "stage": source_manifest.get("stage"),
-                "config_hash": source_manifest.get("config_hash"),
-            },
+            "mined_from": source_record(source_manifest, dataset_dir, out_dir),
             "mining": {
                 "pairs": len(table.pairs),
                 "anchors": len(search.anchor_tids),
@@ -499,6 +475,7 @@ def _mined_manifest(
                 "anchors_without_negative": int((selection.counts == 0).sum()),
                 "positive_scores": score_histogram(search.positive_scores),
                 "negative_scores": score_histogram(negative_scores),
+                "margins": score_histogram(margins),
             },
         },
     )
@@ -513,6 +490,7 @@ def mine_negatives(
     force: bool = False,
     echo: Echo | None = print,
     encoder: EncoderChoice = "auto",
+    plot: bool = True,
 ) -> dict[str, Any]:
     """Mine hard negatives for a pair dataset and write a triplet dataset, in this process.
 
@@ -530,6 +508,7 @@ def mine_negatives(
         encoder: ``auto`` (numpy on a CPU for plain BERT models, else torch),
             ``numpy``, ``numpy-mkl``, ``numpy-openblas`` or ``torch``
             (:func:`~pipeline.embed.encoders.resolve_encoder`).
+        plot: draw the score histograms into ``scores.png`` beside the manifest.
 
     Returns:
         The manifest written (or the existing one, when the step was skipped; then
@@ -561,4 +540,4 @@ def mine_negatives(
     # the peak the index and the search add to).
     del loaded
     release_free_memory()
-    return finish_mining(job, echo=echo, table=table)
+    return finish_mining(job, echo=echo, table=table, plot=plot)

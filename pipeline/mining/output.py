@@ -4,8 +4,9 @@ In: the :class:`~pipeline.mining.texts.TextTable`, the
 :class:`~pipeline.mining.select.Selection` and the config. Out: shards of
 ``anchor, positive, negative`` (one row per pair and negative, ``triplet``) or
 ``anchor, positive, negative_1 .. negative_k`` (one row per pair, ``n-tuple``), the
-histograms of positive and chosen-negative scores, and the manifest (stage ``mine``)
-with its ``mining`` and ``mined_from`` sections.
+scores and margins (positive score - negative score) of the negatives written, and
+their histograms (:func:`score_histogram`) for the manifest's ``mining`` section and
+the plot beside it.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ def output_schema(num_negatives: int, output_format: OutputFormat) -> pa.Schema:
 
 
 def score_histogram(values: np.ndarray) -> dict[str, Any]:
+    """40 bins over -1..1 (or, for scores beyond it, over whole numbers around them), counts and quantiles."""
     values = values[np.isfinite(values)]
-    counts, _ = np.histogram(np.clip(values, -1.0, 1.0), bins=HISTOGRAM_BINS)
-    summary: dict[str, Any] = {"count": len(values), "bins": [round(float(b), 2) for b in HISTOGRAM_BINS]}
+    bins = HISTOGRAM_BINS
+    if len(values) and (values.min() < -1.0 or values.max() > 1.0):  # a cross-encoder's logits
+        bins = np.linspace(np.floor(min(values.min(), -1.0)), np.ceil(max(values.max(), 1.0)), 41)
+    counts, _ = np.histogram(np.clip(values, bins[0], bins[-1]), bins=bins)
+    summary: dict[str, Any] = {"count": len(values), "bins": [round(float(b), 2) for b in bins]}
     summary["counts"] = [int(c) for c in counts]
     if len(values):
         quantiles = np.quantile(values.astype(np.float64), [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -47,14 +52,23 @@ def score_histogram(values: np.ndarray) -> dict[str, Any]:
     return summary
 
 
+def score_plot(stats: dict[str, Any], title: str) -> bytes:
+    """PNG bytes of a ``mining`` section's histograms: positive scores, chosen-negative scores, margins."""
+    from pipeline.plots import score_histograms_plot
+
+    panels = {"positive scores": stats["positive_scores"], "chosen negative scores": stats["negative_scores"]}
+    return score_histograms_plot(panels | {"margins (positive - negative)": stats["margins"]}, title)
+
+
 def write_output(
     out_dir: Path,
     table: TextTable,
     selection: Selection,
     config: MiningConfig,
     dropped: DropTally,
-) -> tuple[list[dict[str, Any]], int, np.ndarray]:
-    """Write the mined rows; returns shard entries, rows written and the written negative scores."""
+    positive_scores: np.ndarray,
+) -> tuple[list[dict[str, Any]], int, np.ndarray, np.ndarray]:
+    """Write the mined rows; returns shard entries, rows written, and the written negatives' scores and margins."""
     pairs = table.pairs
     k = config.num_negatives
     schema = output_schema(k, config.output_format)
@@ -62,6 +76,7 @@ def write_output(
     counts = selection.counts[pair_anchor]
     display = table.display
     written_scores: list[np.ndarray] = []
+    written_margins: list[np.ndarray] = []
     with ShardWriter(out_dir, schema, rows_per_shard=config.rows_per_shard) as writer:
         if config.output_format == "triplet":
             dropped.add("no_negative_in_range", int((k - counts).sum()))
@@ -83,6 +98,7 @@ def write_output(
                 }
                 writer.write(pl.DataFrame(columns))
                 written_scores.append(neg_scores[row_idx, slot])
+                written_margins.append(positive_scores[start : start + len(block)][row_idx] - neg_scores[row_idx, slot])
         else:
             full = counts == k
             dropped.add("no_negative_in_range", int((counts == 0).sum()))
@@ -101,6 +117,9 @@ def write_output(
                     columns[name] = block.get_column(name).gather(rows)
                 writer.write(pl.DataFrame(columns))
                 written_scores.append(selection.scores[anchors].ravel())
+                written_margins.append((positive_scores[start : start + len(block)][rows, None] - selection.scores[anchors]).ravel())
     shards = [s.as_dict() for s in writer.shards]
-    scores = np.concatenate(written_scores) if written_scores else np.empty(0, dtype=np.float32)
-    return shards, writer.rows, scores
+    none = np.empty(0, dtype=np.float32)
+    scores = np.concatenate(written_scores) if written_scores else none
+    margins = np.concatenate(written_margins) if written_margins else none
+    return shards, writer.rows, scores, margins

@@ -61,6 +61,11 @@ def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _derived_sources(manifests: Mapping[str, Mapping[str, Any]], key: str) -> set[str]:
+    """The names of the datasets another dataset of the corpus was made from (``mined_from`` / ``curated_from``)."""
+    return {Path(m[key]["path"]).as_posix() for m in manifests.values() if (m.get(key) or {}).get("path")}
+
+
 def write_data_config(
     corpus_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], policy: WeightPolicy
 ) -> list[dict[str, Any]]:
@@ -92,16 +97,15 @@ def write_data_config(
     manifests = discover_datasets(corpus_dir)
     dropped = DropTally()
     sizes: dict[str, int] = {}
-    mined_sources = {
-        Path(m["mined_from"]["path"]).as_posix()
-        for m in manifests.values()
-        if m.get("stage") == "mine" and (m.get("mined_from") or {}).get("path")
-    }
+    mined_sources = _derived_sources(manifests, "mined_from")
+    curated_sources = _derived_sources(manifests, "curated_from")
     for name, manifest in manifests.items():
         if _excluded(name, policy.exclude):
             dropped.add("excluded")
         elif policy.prefer_mined and name in mined_sources:
             dropped.add("replaced_by_mined")
+        elif policy.prefer_curated and name in curated_sources:
+            dropped.add("replaced_by_curated")
         elif int(manifest["rows_train"]) <= 0:
             dropped.add("no_train_rows")
         else:

@@ -37,6 +37,8 @@ class WeightPolicy:
         prefer_mined: leave out a pair dataset whose mined version (the same pairs with
             hard negatives, ``pairforge mine``) is in the corpus, so its pairs are not
             sampled twice.
+        prefer_curated: leave out a dataset whose curated version (the rows a curation
+            step kept, ``pairforge consistency-filter`` and the others) is in the corpus.
     """
 
     kind: PolicyKind = field(default="proportional", metadata={"flag": "--policy"})
@@ -49,6 +51,7 @@ class WeightPolicy:
     default_weight: int | None = None
     exclude: tuple[str, ...] = field(default=(), metadata={"split": ",", "metavar": "PATTERN"})
     prefer_mined: bool = field(default=True, metadata={"flag": "--keep-unmined"})
+    prefer_curated: bool = field(default=True, metadata={"flag": "--keep-uncurated"})
 
     def __post_init__(self) -> None:
         if self.kind not in POLICY_KINDS:

@@ -17,6 +17,7 @@ from pipeline.corpus.locks import LOCK_NAME, FolderLockedError, is_locked, read_
 from tests.helpers import ROOT
 from tests.helpers import LockHolder as Holder
 
+
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path: Path) -> None:
     folder = tmp_path / "corpus"
     holder = Holder(folder)

@@ -8,6 +8,7 @@ import pytest
 
 from flows.cli import build_parser, main
 from flows.config_options import _flag, _leaf_fields, attribute_docs, build_config, config_from_args
+from pipeline.curate import STEPS
 from pipeline.evaluate.config import EvalConfig
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.normalize import TextFilters
@@ -16,8 +17,10 @@ from pipeline.sampling.policies import WeightPolicy
 from pipeline.train.config import TrainConfig
 
 COMMANDS = {"ingest": IngestConfig, "mine": MiningConfig, "config": WeightPolicy, "train": TrainConfig, "evaluate": EvalConfig}
+COMMANDS |= {step.command: step.config for step in STEPS.values()}
 POSITIONALS = {"ingest": ["nli", "in.jsonl", "--out", "o"], "mine": ["d", "--out", "o"], "config": ["c"],
                "train": ["c", "--config", "dc.json", "--out", "m"], "evaluate": ["m", "--out", "r"]}  # fmt: skip
+POSITIONALS |= {step.command: ["d", "--out", "o"] for step in STEPS.values()}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -91,3 +94,31 @@ def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], message: str, cap
 def test_train_rejects_a_bad_process_count(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "c", "--config", "d", "--out", "m", "--nproc", "two"]) == 2
     assert "--nproc takes a positive integer or 'auto'" in capsys.readouterr().err
+
+
+def test_curation_options_build_their_configs() -> None:
+    from pipeline.curate import ConsistencyConfig, DecontaminationConfig, RescoreConfig, SemanticDedupConfig
+    from pipeline.embed.index import IndexConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["consistency-filter", "d", "--out", "o", "--k", "3", "--index", "hnsw", "--extra-corpus", "x", "y"])
+    assert config_from_args(args, ConsistencyConfig) == ConsistencyConfig(k=3, extra_corpus=("x", "y"), search=IndexConfig(index="hnsw"))
+    args = parser.parse_args(["decontaminate", "d", "--out", "o", "--stsb", "a.csv", "--heldout", "--ngram-overlap", "0"])
+    assert config_from_args(args, DecontaminationConfig) == DecontaminationConfig(stsb=("a.csv",), heldout=True)
+    args = parser.parse_args(["semantic-dedup", "d", "--out", "o", "--eps", "0.05", "--which-to-keep", "first", "--n-clusters", "7"])
+    assert config_from_args(args, SemanticDedupConfig) == SemanticDedupConfig(eps=0.05, which_to_keep="first", n_clusters=7)
+    args = parser.parse_args(["rescore", "d", "--out", "o", "--model", "ce", "--max-score", "0.9", "--model-type", "cross-encoder"])
+    assert config_from_args(args, RescoreConfig) == RescoreConfig(model="ce", max_score=0.9, model_type="cross-encoder")
+
+
+def test_a_curation_command_runs_and_prints_its_summary(tmp_path, capsys) -> None:
+    from tests.helpers import TEST_DATA, write_dataset
+
+    dataset = write_dataset(tmp_path / "corpus" / "d", [("A man with a hard hat is dancing.", "x y"), ("b c", "d e")])
+    argv = ["decontaminate", str(dataset), "--out", str(tmp_path / "corpus" / "o"), "--stsb", str(TEST_DATA / "curate" / "sts-planted.csv")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 rows kept; dropped contaminated=1" in out and "stsb " in out and "1 rows matched" in out
+    assert main(argv) == 0 and "skipped" in capsys.readouterr().out
+    assert main(["rescore", str(dataset), "--out", str(tmp_path / "corpus" / "r")]) == 2
+    assert "needs the rescoring model's folder" in capsys.readouterr().err

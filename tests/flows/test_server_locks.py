@@ -164,6 +164,6 @@ def test_a_weekly_run_never_starts_while_the_previous_one_runs(deployed: dict, t
     history = [st.type.value for st in _api(deployed, lambda c: c.read_flow_run_states(second.id))]
     assert "RUNNING" not in history and "PENDING" not in history, history  # cancelled before its worker started it
     assert by_hand.returncode == 2
-    assert f"pid {pid} on " in by_hand.stderr and f"flow run pairforge-pipeline/" in by_hand.stderr
+    assert f"pid {pid} on " in by_hand.stderr and "flow run pairforge-pipeline/" in by_hand.stderr
     assert _final_state(deployed, first.id).is_completed()
     assert not is_locked(corpus)

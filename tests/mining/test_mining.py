@@ -336,7 +336,7 @@ def test_plain_encoder_matches_sentence_transformers(tiny_model_dir):
 
 
 def test_rebuild_reuses_the_search_and_a_damaged_entry_is_searched_again(pairs_dataset, tmp_path, tiny_model_dir, monkeypatch):
-    from pipeline.mining import job as mining
+    from pipeline.embed import index as mining  # the search behind the search cache
 
     config = MiningConfig(model=str(tiny_model_dir), num_negatives=2)
     first = mine_negatives(pairs_dataset, tmp_path / "a" / "mined", config, cache_dir=tmp_path / "c", echo=None)
@@ -398,3 +398,25 @@ def test_model_fingerprint_is_remembered_by_file_stats(tiny_model_dir, tmp_path)
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
     changed = cached_model_fingerprint(model, store)
     assert changed == model_fingerprint(model) and changed not in (first, "f" * 64)
+
+
+def test_diagnostics_margins_in_the_manifest_and_the_plot_beside_it(pairs_dataset, tmp_path, tiny_model_dir):
+    out = tmp_path / "mined"
+    manifest = mine_negatives(pairs_dataset, out, MiningConfig(model=str(tiny_model_dir), num_negatives=2), cache_dir=tmp_path / "c", echo=None)
+    stats = manifest["mining"]
+    rows = read_rows(out)
+    assert stats["margins"]["count"] == stats["negative_scores"]["count"] == len(rows) > 0
+    assert sum(stats["margins"]["counts"]) == len(rows)
+    # margin = the pair's positive score - the negative's score, both by the mining model
+    from pipeline.embed.embedder import Embedder
+    from pipeline.mining.texts import _normalized
+
+    embedder = Embedder(tiny_model_dir, "cpu", "auto", tmp_path / "c")
+    vectors = [embedder.embed(_normalized(rows[c]).to_list()) for c in ("anchor", "positive", "negative")]
+    margins = np.einsum("ij,ij->i", vectors[0], vectors[1]) - np.einsum("ij,ij->i", vectors[0], vectors[2])
+    assert stats["margins"]["median"] == pytest.approx(float(np.median(margins)), abs=1e-5)
+    assert stats["margins"]["min"] == pytest.approx(float(margins.min()), abs=1e-5)
+    assert stats["plot"] == "scores.png" and (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    quiet = mine_negatives(pairs_dataset, tmp_path / "quiet", MiningConfig(model=str(tiny_model_dir), num_negatives=2),
+                           cache_dir=tmp_path / "c", echo=None, plot=False)  # fmt: skip
+    assert "plot" not in quiet["mining"] and not (tmp_path / "quiet" / "scores.png").exists()
