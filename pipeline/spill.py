@@ -104,13 +104,14 @@ def partition_of(key: pl.Expr, n_parts: int) -> pl.Expr:
 
 
 def key_partitions(
-    paths: Sequence[Path], key: pl.Expr, n_parts: int, work_dir: Path
+    paths: Sequence[Path], key: pl.Expr, n_parts: int, work_dir: Path, where: pl.Expr | None = None
 ) -> Iterator[tuple[int, pl.DataFrame]]:
     """``(partition, rows)`` of the rows of ``paths`` split by a hash of ``key``.
 
     Rows with equal keys land in the same partition, in input order; partitions come
     in order, one in memory at a time, and empty ones are skipped. With one
-    partition the rows are not copied to disk first.
+    partition the rows are not copied to disk first. With ``where``, only the rows
+    where it holds are partitioned (the others are never written).
 
     On disk, each batch of rows becomes one Arrow IPC file holding one record batch
     per partition (few files, however many partitions), and a partition is read back
@@ -121,7 +122,7 @@ def key_partitions(
     if n_parts == 1:
         rows = read_all(paths)
         if rows is not None:
-            yield 0, rows
+            yield 0, rows if where is None else rows.filter(where)
         return
     work_dir.mkdir(parents=True, exist_ok=True)
     part_dir = Path(tempfile.mkdtemp(prefix=".partitions-", dir=work_dir))
@@ -130,6 +131,8 @@ def key_partitions(
         written: list[tuple[Path, dict[int, list[int]]]] = []
         schema: pa.Schema | None = None
         for number, batch in enumerate(read_batches(paths)):
+            if where is not None:
+                batch = batch.filter(where)
             split = batch.with_columns(partition_of(key, n_parts).alias("_part")).partition_by(
                 "_part", as_dict=True, include_key=False, maintain_order=True
             )
