@@ -120,11 +120,47 @@ def _normalize_series(series: pl.Series) -> pl.Series:
     return series.scatter(positions, _normalize_some(series.gather(positions)))
 
 
+# Entities decoded without Python, and what they decode to: printable ASCII and the
+# no-break space, which no later step of cleaning removes (so the strip of controls
+# that follows each decoding in normalize_text has nothing to do for them).
+_COMMON_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'", "&#x27;": "'", "&nbsp;": "\xa0"}
+_COMMON_ENTITY_RUST = "&(?:" + "|".join(name[1:-1] for name in _COMMON_ENTITIES) + ");"
+
+
+def _decode_common_entities(series: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """html.unescape until nothing changes, vectorized, for strings whose every ``&``
+    starts one of ``_COMMON_ENTITIES`` in every pass (Reddit's ``&gt;``, ``&amp;gt;``).
+
+    Each such ``&`` is exactly what html.unescape's pattern matches there, and one
+    pass of ``replace_many`` (leftmost, non-overlapping) decodes them all, as one pass
+    of html.unescape does; ``&amp;`` leaves an ``&`` for the next pass. Returns the
+    decoded strings and a mask of those with another ``&`` (a bare one, another
+    entity), which are left to :func:`normalize_text`.
+    """
+    to_python = pl.Series(values=[False] * series.len(), dtype=pl.Boolean)
+    names, characters = list(_COMMON_ENTITIES), list(_COMMON_ENTITIES.values())
+    while True:
+        ampersands = series.str.count_matches("&", literal=True).fill_null(0)
+        known = series.str.count_matches(_COMMON_ENTITY_RUST).fill_null(0)
+        to_python = to_python | ((ampersands > 0) & (known != ampersands))
+        pending = (ampersands > 0) & ~to_python
+        if not pending.any():
+            return series, to_python
+        series = _where(series, pending, lambda s: s.str.replace_many(names, characters))
+
+
 def _normalize_some(series: pl.Series) -> pl.Series:
-    """Vectorized cleaning; strings that hold ``&`` go through :func:`normalize_text`."""
+    """Vectorized cleaning; strings with an ``&`` other than a common entity's
+    (:func:`_decode_common_entities`) go through :func:`normalize_text`."""
     has_entity = series.str.contains("&", literal=True).fill_null(False)
     cleaned = _where(series, series.str.contains(_INVISIBLE_RUST), lambda s: s.str.replace_all(_INVISIBLE_RUST, ""))
     cleaned = _where(cleaned, cleaned.str.contains(_CONTROL_RUST), lambda s: s.str.replace_all(_CONTROL_RUST, " "))
+    if has_entity.any():
+        # Decoded where normalize_text does it: after controls, before NFC and folding.
+        positions = has_entity.arg_true()
+        decoded, to_python = _decode_common_entities(cleaned.gather(positions))
+        cleaned = cleaned.scatter(positions, decoded)
+        has_entity = has_entity.scatter(positions, to_python)
     # ASCII text is already NFC; only the rest pays for normalization.
     cleaned = _where(cleaned, cleaned.str.contains(r"[^\x00-\x7F]"), lambda s: s.str.normalize("NFC"))
     cleaned = _where(cleaned, cleaned.str.contains(_FOLDABLE_RUST), lambda s: s.str.replace_all(_SPACE_RUST, " "))
