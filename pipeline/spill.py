@@ -11,11 +11,14 @@ join over all rows (Reddit's parent lookup).
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import polars as pl
 
 BATCH_ROWS = 100_000
@@ -113,12 +116,12 @@ def key_partitions(
     partition the rows are not copied to disk first. With ``where``, only the rows
     where it holds are partitioned (the others are never written).
 
-    On disk, each batch of rows becomes one Arrow IPC file holding one record batch
-    per partition (few files, however many partitions), and a partition is read back
-    by fetching just its record batches from each file.
+    On disk, each batch of rows becomes one file holding, partition after partition,
+    an Arrow IPC stream of that partition's rows (few files, however many partitions);
+    where each stream ends is kept here, so a partition is read back with one
+    ``pread`` per file, its stream decoded on its own (no file footer is parsed per
+    partition: the cost of a read stays the same as the partitions get more).
     """
-    import pyarrow as pa
-
     if n_parts == 1:
         rows = read_all(paths)
         if rows is not None:
@@ -127,43 +130,45 @@ def key_partitions(
     work_dir.mkdir(parents=True, exist_ok=True)
     part_dir = Path(tempfile.mkdtemp(prefix=".partitions-", dir=work_dir))
     try:
-        # (file, {partition: [record batch positions]}) for each batch written.
-        written: list[tuple[Path, dict[int, list[int]]]] = []
-        schema: pa.Schema | None = None
+        # For each batch written: its file, and the offset where each partition's stream ends.
+        written: list[tuple[Path, np.ndarray]] = []
         for number, batch in enumerate(read_batches(paths)):
             if where is not None:
                 batch = batch.filter(where)
             split = batch.with_columns(partition_of(key, n_parts).alias("_part")).partition_by(
                 "_part", as_dict=True, include_key=False, maintain_order=True
             )
-            path = part_dir / f"{number:06d}.arrow"
-            positions: dict[int, list[int]] = {}
-            with pa.OSFile(str(path), "wb") as sink:
-                writer = None
-                count = 0
+            path = part_dir / f"{number:06d}.arrows"
+            ends = np.zeros(n_parts, dtype=np.int64)
+            with open(path, "wb") as sink:
                 for (index,), rows in sorted(split.items()):
-                    table = rows.to_arrow()
-                    schema = schema or table.schema
-                    if writer is None:
-                        writer = pa.ipc.new_file(sink, schema)
-                    for record_batch in table.cast(schema).to_batches():
-                        positions.setdefault(int(index), []).append(count)
-                        writer.write_batch(record_batch)
-                        count += 1
-                if writer is not None:
-                    writer.close()
-            written.append((path, positions))
+                    rows.write_ipc_stream(sink, compression="uncompressed")
+                    ends[index] = sink.tell()
+            # A partition with no rows here ends where the one before it does.
+            written.append((path, np.maximum.accumulate(ends)))
         for index in range(n_parts):
             pieces = []
-            for path, positions in written:
-                if index in positions:
-                    with pa.OSFile(str(path)) as source:
-                        reader = pa.ipc.open_file(source)
-                        for position in positions[index]:
-                            piece = pl.from_arrow(reader.get_batch(position))
-                            assert isinstance(piece, pl.DataFrame)
-                            pieces.append(piece)
+            for path, ends in written:
+                start = int(ends[index - 1]) if index else 0
+                if ends[index] > start:
+                    pieces.append(pl.read_ipc_stream(io.BytesIO(_read_range(path, start, int(ends[index]) - start))))
             if pieces:
                 yield index, concat(pieces)
     finally:
         shutil.rmtree(part_dir, ignore_errors=True)
+
+
+def _read_range(path: Path, start: int, length: int) -> bytes:
+    """``length`` bytes of ``path`` from ``start``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while length:
+            data = os.pread(fd, length, start)
+            if not data:
+                raise OSError(f"{path}: ends before byte {start + length:,}")
+            parts.append(data)
+            start, length = start + len(data), length - len(data)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
