@@ -124,8 +124,6 @@ def _normalize_series(series: pl.Series) -> pl.Series:
 # that follows each decoding in normalize_text has nothing to do for them).
 _COMMON_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'", "&#x27;": "'", "&nbsp;": "\xa0"}
 _COMMON_ENTITY_RUST = "&(?:" + "|".join(name[1:-1] for name in _COMMON_ENTITIES) + ");"
-
-
 def _decode_common_entities(series: pl.Series) -> tuple[pl.Series, pl.Series]:
     """html.unescape until nothing changes, vectorized, for strings whose every ``&``
     starts one of ``_COMMON_ENTITIES`` in every pass (Reddit's ``&gt;``, ``&amp;gt;``).
@@ -152,24 +150,26 @@ def _normalize_some(series: pl.Series) -> pl.Series:
     """Vectorized cleaning; strings with an ``&`` other than a common entity's
     (:func:`_decode_common_entities`) go through :func:`normalize_text`."""
     has_entity = series.str.contains("&", literal=True).fill_null(False)
+    # The steps below scatter into ``series`` itself when an earlier one changed nothing:
+    # the strings normalize_text may take are copied out first, as they came.
+    entity_positions = has_entity.arg_true()
+    entity_originals = series.gather(entity_positions)
     cleaned = _where(series, series.str.contains(_INVISIBLE_RUST), lambda s: s.str.replace_all(_INVISIBLE_RUST, ""))
     cleaned = _where(cleaned, cleaned.str.contains(_CONTROL_RUST), lambda s: s.str.replace_all(_CONTROL_RUST, " "))
-    if has_entity.any():
+    to_python = pl.Series(values=[], dtype=pl.Boolean)
+    if entity_positions.len():
         # Decoded where normalize_text does it: after controls, before NFC and folding.
-        positions = has_entity.arg_true()
-        decoded, to_python = _decode_common_entities(cleaned.gather(positions))
-        cleaned = cleaned.scatter(positions, decoded)
-        has_entity = has_entity.scatter(positions, to_python)
+        decoded, to_python = _decode_common_entities(cleaned.gather(entity_positions))
+        cleaned = cleaned.scatter(entity_positions, decoded)
     # ASCII text is already NFC; only the rest pays for normalization.
     cleaned = _where(cleaned, cleaned.str.contains(r"[^\x00-\x7F]"), lambda s: s.str.normalize("NFC"))
     # Only the runs folding changes are replaced: a pattern matching every white space
     # run replaces each single space too (a match per word), ten times the work.
     cleaned = _where(cleaned, cleaned.str.contains(_FOLDABLE_RUST), lambda s: s.str.replace_all(_FOLDABLE_RUST, " "))
     cleaned = _where(cleaned, cleaned.str.starts_with(" ") | cleaned.str.ends_with(" "), lambda s: s.str.strip_chars(" "))
-    if has_entity.any():
-        positions = has_entity.arg_true()
-        fixed = pl.Series([normalize_text(s) for s in series.gather(positions).to_list()], dtype=pl.String)
-        cleaned = cleaned.scatter(positions, fixed)
+    if to_python.any():
+        fixed = [normalize_text(s) for s in entity_originals.filter(to_python).to_list()]
+        cleaned = cleaned.scatter(entity_positions.filter(to_python), pl.Series(fixed, dtype=pl.String))
     return cleaned
 
 
