@@ -20,6 +20,7 @@ path). The tests check both agree.
 from __future__ import annotations
 
 import html
+import html.entities
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -124,23 +125,34 @@ def _normalize_series(series: pl.Series) -> pl.Series:
 # that follows each decoding in normalize_text has nothing to do for them).
 _COMMON_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'", "&#x27;": "'", "&nbsp;": "\xa0"}
 _COMMON_ENTITY_RUST = "&(?:" + "|".join(name[1:-1] for name in _COMMON_ENTITIES) + ");"
+# An ``&`` that html.unescape may decode: a numeric reference, a name that ends in ``;``
+# (any of html5's), or one of the legacy names it takes without ``;`` (``&copy``, also
+# as the start of a word: ``&notice`` is ``¬ice``). Any other ``&`` (``AT&T``, a URL's
+# ``&q=``) is left as it is. Each match holds one ``&``, at its start.
+_MAYBE_ENTITY_RUST = (
+    r"&(?:#[0-9xX]|[^\t\n\f <&#;]{1,32};|"
+    + "|".join(sorted((name for name in html.entities.html5 if not name.endswith(";")), key=len, reverse=True))
+    + ")"
+)
+
+
 def _decode_common_entities(series: pl.Series) -> tuple[pl.Series, pl.Series]:
     """html.unescape until nothing changes, vectorized, for strings whose every ``&``
-    starts one of ``_COMMON_ENTITIES`` in every pass (Reddit's ``&gt;``, ``&amp;gt;``).
+    that html.unescape may decode (``_MAYBE_ENTITY_RUST``) starts one of
+    ``_COMMON_ENTITIES``, in every pass (Reddit's ``&gt;``, ``&amp;gt;``).
 
     Each such ``&`` is exactly what html.unescape's pattern matches there, and one
     pass of ``replace_many`` (leftmost, non-overlapping) decodes them all, as one pass
     of html.unescape does; ``&amp;`` leaves an ``&`` for the next pass. Returns the
-    decoded strings and a mask of those with another ``&`` (a bare one, another
-    entity), which are left to :func:`normalize_text`.
+    decoded strings and a mask of those with another entity, which are left to
+    :func:`normalize_text`.
     """
     to_python = pl.Series(values=[False] * series.len(), dtype=pl.Boolean)
     names, characters = list(_COMMON_ENTITIES), list(_COMMON_ENTITIES.values())
     while True:
-        ampersands = series.str.count_matches("&", literal=True).fill_null(0)
         known = series.str.count_matches(_COMMON_ENTITY_RUST).fill_null(0)
-        to_python = to_python | ((ampersands > 0) & (known != ampersands))
-        pending = (ampersands > 0) & ~to_python
+        to_python = to_python | (series.str.count_matches(_MAYBE_ENTITY_RUST).fill_null(0) != known)
+        pending = (known > 0) & ~to_python
         if not pending.any():
             return series, to_python
         series = _where(series, pending, lambda s: s.str.replace_many(names, characters))
