@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -62,17 +62,7 @@ def read_batches(paths: Sequence[Path], batch_rows: int = BATCH_ROWS) -> Iterato
     One file is read at a time (the files are batches of :class:`FrameFiles`), so
     however large the whole, memory holds about one batch.
     """
-    pending: list[pl.DataFrame] = []
-    pending_rows = 0
-    for path in paths:
-        batch = pl.read_ipc(path)
-        pending.append(batch)
-        pending_rows += batch.height
-        if pending_rows >= batch_rows:
-            yield concat(pending)
-            pending, pending_rows = [], 0
-    if pending:
-        yield concat(pending)
+    return _rebatched((pl.read_ipc(path) for path in paths), batch_rows)
 
 
 def read_all(paths: Sequence[Path]) -> pl.DataFrame | None:
@@ -119,8 +109,12 @@ def key_partitions(
     On disk, each batch of rows becomes one file holding, partition after partition,
     an Arrow IPC stream of that partition's rows (few files, however many partitions);
     where each stream ends is kept here, so a partition is read back with one
-    ``pread`` per file, its stream decoded on its own (no file footer is parsed per
-    partition: the cost of a read stays the same as the partitions get more).
+    ``pread`` per file, its stream decoded on its own. A partition is then a piece of
+    every batch file: batch files x partitions pieces, both growing with the input.
+    Past ``MAX_FANOUT`` partitions the rows are split in two rounds instead: into
+    groups of consecutive partitions, then each group (read back, in input order)
+    into its own partitions, about 2 x batch files x sqrt(partitions) pieces for one
+    more write and read of the rows.
     """
     if n_parts == 1:
         rows = read_all(paths)
@@ -130,32 +124,76 @@ def key_partitions(
     work_dir.mkdir(parents=True, exist_ok=True)
     part_dir = Path(tempfile.mkdtemp(prefix=".partitions-", dir=work_dir))
     try:
-        # For each batch written: its file, and the offset where each partition's stream ends.
-        written: list[tuple[Path, np.ndarray]] = []
-        for number, batch in enumerate(read_batches(paths)):
-            if where is not None:
-                batch = batch.filter(where)
-            split = batch.with_columns(partition_of(key, n_parts).alias("_part")).partition_by(
-                "_part", as_dict=True, include_key=False, maintain_order=True
-            )
-            path = part_dir / f"{number:06d}.arrows"
-            ends = np.zeros(n_parts, dtype=np.int64)
-            with open(path, "wb") as sink:
-                for (index,), rows in sorted(split.items()):
-                    rows.write_ipc_stream(sink, compression="uncompressed")
-                    ends[index] = sink.tell()
-            # A partition with no rows here ends where the one before it does.
-            written.append((path, np.maximum.accumulate(ends)))
-        for index in range(n_parts):
-            pieces = []
-            for path, ends in written:
-                start = int(ends[index - 1]) if index else 0
-                if ends[index] > start:
-                    pieces.append(pl.read_ipc_stream(io.BytesIO(_read_range(path, start, int(ends[index]) - start))))
-            if pieces:
-                yield index, concat(pieces)
+        batches = (batch if where is None else batch.filter(where) for batch in read_batches(paths))
+        batches = (batch.with_columns(partition_of(key, n_parts).alias(_PARTITION)) for batch in batches)
+        if n_parts <= MAX_FANOUT:
+            yield from _partitions(_split(batches, pl.col(_PARTITION), n_parts, part_dir), n_parts)
+            return
+        groups = -(-n_parts // MAX_FANOUT)
+        per_group = -(-n_parts // groups)
+        first_round = _split(batches, pl.col(_PARTITION) // per_group, groups, part_dir / "groups")
+        for group in range(groups):
+            folder = part_dir / f"group-{group:05d}"
+            rows = _rebatched(_pieces(first_round, group))
+            second_round = _split(rows, pl.col(_PARTITION) - group * per_group, per_group, folder)
+            for index, partition in _partitions(second_round, per_group):
+                yield group * per_group + index, partition
+            shutil.rmtree(folder)
     finally:
         shutil.rmtree(part_dir, ignore_errors=True)
+
+
+# Past this many partitions, key_partitions splits rows in two rounds.
+MAX_FANOUT = 256
+_PARTITION = "_spill_partition"
+
+
+def _split(batches: Iterable[pl.DataFrame], part: pl.Expr, n_parts: int, folder: Path) -> list[tuple[Path, np.ndarray]]:
+    """Write each batch as one file of per-``part`` IPC streams; for each file, where
+    each part's stream ends (a part without rows ends where the one before it does)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for number, batch in enumerate(batches):
+        split = batch.with_columns(part.alias("_split")).partition_by(
+            "_split", as_dict=True, include_key=False, maintain_order=True
+        )
+        path = folder / f"{number:06d}.arrows"
+        ends = np.zeros(n_parts, dtype=np.int64)
+        with open(path, "wb") as sink:
+            for (index,), rows in sorted(split.items()):
+                rows.write_ipc_stream(sink, compression="uncompressed")
+                ends[index] = sink.tell()
+        written.append((path, np.maximum.accumulate(ends)))
+    return written
+
+
+def _pieces(written: list[tuple[Path, np.ndarray]], index: int) -> Iterator[pl.DataFrame]:
+    """Part ``index`` of each file :func:`_split` wrote, in file order."""
+    for path, ends in written:
+        start = int(ends[index - 1]) if index else 0
+        if ends[index] > start:
+            yield pl.read_ipc_stream(io.BytesIO(_read_range(path, start, int(ends[index]) - start)))
+
+
+def _partitions(written: list[tuple[Path, np.ndarray]], n_parts: int) -> Iterator[tuple[int, pl.DataFrame]]:
+    for index in range(n_parts):
+        pieces = list(_pieces(written, index))
+        if pieces:
+            yield index, concat(pieces).drop(_PARTITION)
+
+
+def _rebatched(frames: Iterable[pl.DataFrame], batch_rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
+    """``frames`` concatenated into batches of about ``batch_rows`` rows, in order."""
+    pending: list[pl.DataFrame] = []
+    pending_rows = 0
+    for frame in frames:
+        pending.append(frame)
+        pending_rows += frame.height
+        if pending_rows >= batch_rows:
+            yield concat(pending)
+            pending, pending_rows = [], 0
+    if pending:
+        yield concat(pending)
 
 
 def _read_range(path: Path, start: int, length: int) -> bytes:
