@@ -26,7 +26,7 @@ generator (the same file for the same size, cached under ``--work-dir`` with
   the last 100,000 comments, 20 % to the latest earlier reply (a conversation going
   on), which makes the reply depth about geometric with a longer tail, as in the real
   month (depth 1, 2, 3, 4: 18 %, 6 %, 2 %, 1.2 % of its comments, deepest 10;
-  generated: 18 %, 8 %, 4 %, 2 %, deepest 11 at 30,000 comments and 20 at 10M);
+  generated: 18 %, 8 %, 4 %, 2 %, deepest 11 at 30,000 comments, 20 at 1M and 10M);
   2 % reply to a comment not in the file (an id below the month's first); the rest
   are top-level (``parent_id`` = the submission, ``t3_``);
 * **link_id**: a reply is in its parent's submission; a top-level comment opens a new
@@ -53,16 +53,20 @@ RSS from :mod:`measuring`: ``wait4`` and a psutil poll of the process tree, afte
   ``read_ndjson`` of ``id``, ``parent_id``, ``body``, ``score`` (on a thread pool while
   the next block is decompressed), the body rules of the reddit source on reply and
   parent, a polars join of replies to parents, ``write_parquet`` (zstd). It holds the
-  month in memory, as a join over all rows does;
+  month in memory, as a join over all rows does, and does not read ``title`` (which
+  pairforge reads to tell a submission from a comment);
 * ``datasets``, the path a user would write (at the small size only):
-  ``zstd -d --long=31`` to a JSON-lines file, ``load_dataset("json")`` with those
-  fields as ``features`` and a private cache, a dict from id to body, a batched
-  ``map`` finding each reply's parent with the same body rules, ``to_parquet``.
+  ``zstd -d --long=31`` to a JSON-lines file, ``load_dataset("json")`` with a
+  private cache (every field: the four given as ``features`` fail on the others),
+  ``select_columns``, a dict from id to usable body, a batched ``map`` finding each
+  reply's parent with the same body rules, ``filter``, ``to_parquet``;
+* ``decompress``: a bare python-zstandard stream read to its end, for what the 2 GiB
+  window alone costs in time and memory (no ratio).
 
 The pair counts are checked: the floor's pairs must equal pairforge's JOINED pairs,
 the rows its source step kept (``rows_read`` less the reddit source's drop reasons in
-the manifest); pairforge's written rows are fewer (cleaning, length filters, dedup),
-and the ``datasets`` path must equal the floor.
+the manifest); pairforge's written rows are no more (cleaning, length filters,
+dedup), and the ``datasets`` path must equal the floor.
 
 Targets: pairforge >= 0.5x the floor's speed (at both sizes), >= 3x the ``datasets``
 path's, and pairforge's peak memory growing < 1.5x when the month grows 10x.
