@@ -107,7 +107,7 @@ OLD_SCHEMA_SAMPLE = SAMPLES / "RC_2005-12.zst"
 NEW_SCHEMA_SAMPLE = SAMPLES / "pushshift_2024" / "test_comments.json"
 DEFAULT_COMMENTS = 1_000_000
 GROWTH = 10
-# Targets from the issue.
+# Targets: speed against the floor and the datasets path, and peak memory growth for a 10x month.
 TARGET_VS_FLOOR = 0.5
 TARGET_VS_DATASETS = 3.0
 TARGET_MEMORY_GROWTH = 1.5
