@@ -43,18 +43,16 @@ medians: on a shared machine whose speed drifts, that pairs the runs up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from measuring import Measurement, median_run, run_measured
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "snli" / "jsonl" / "snli_1.0_dev.jsonl"
@@ -66,7 +64,6 @@ MEMORY_GROWTH_FACTOR = 10
 TARGET_VS_POLARS = 0.5
 TARGET_VS_DATASETS = 3.0
 TARGET_MEMORY_GROWTH = 1.5
-_POLL_SECONDS = 0.05
 _VARIED_FIELDS = ("sentence1", "sentence2", "pairID")
 
 
@@ -182,106 +179,27 @@ WORKERS = {"polars": run_polars, "datasets": run_datasets}
 
 
 # --- measuring ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class Measurement:
-    """One contender's run: what it read, how long it took, its peak memory, its output rows."""
-
-    contender: str
-    lines: int
-    seconds: float
-    cpu_seconds: float
-    peak_mib: float
-    rows_out: int
-
-    @property
-    def lines_per_second(self) -> float:
-        return self.lines / self.seconds
-
-
-def _tree_rss(process: Any) -> int:
-    import psutil
-
-    try:
-        total = process.memory_info().rss
-        for child in process.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-    except psutil.Error:
-        return 0
-
-
 def measure(contender: str, input_path: Path, lines: int, out_dir: Path, env: dict[str, str]) -> Measurement:
-    """Run one contender in a fresh subprocess; its wall time and peak RSS.
-
-    The peak is the higher of the kernel's high-water mark for the process (``wait4``)
-    and a psutil poll of its process tree every 50 ms (which catches helper processes).
-    """
-    import psutil
-
+    """Run one contender in a fresh subprocess (:func:`measuring.run_measured`): its wall
+    time, CPU time, peak RSS and the rows it wrote."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     if contender.startswith("pairforge"):
         command = pairforge_command(input_path, out_dir, every_dataset=contender == "pairforge-all")
     else:
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", contender, str(input_path), str(out_dir)]
-    peak = 0
-    done = threading.Event()
-    # The previous contender's files are still being written back to disk: let that
-    # finish first, or it slows whichever contender runs next.
-    os.sync()
-    with tempfile.TemporaryFile("w+") as stdout:
-        start = time.perf_counter()
-        child = subprocess.Popen(command, env=env, stdout=stdout)
-
-        def poll() -> None:
-            nonlocal peak
-            try:
-                process = psutil.Process(child.pid)
-            except psutil.Error:
-                return
-            while not done.is_set():
-                peak = max(peak, _tree_rss(process))
-                done.wait(_POLL_SECONDS)
-
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        done.set()
-        poller.join()
-        stdout.seek(0)
-        output = stdout.read()
-    if child.returncode != 0:
-        raise RuntimeError(f"{contender} failed on {input_path} (exit {child.returncode}):\n{output[-2000:]}")
+    measured, output = run_measured(contender, command, lines, env)
     if contender.startswith("pairforge"):
         manifests = sorted(out_dir.glob("*/manifest.json"))
         rows_out = sum(json.loads(m.read_text())["rows_kept"] for m in manifests)
     else:
         rows_out = json.loads(output.strip().splitlines()[-1])["rows_out"]
-    peak = max(peak, usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
     shutil.rmtree(out_dir, ignore_errors=True)
-    return Measurement(contender, lines, seconds, usage.ru_utime + usage.ru_stime, peak / 2**20, rows_out)
+    return dataclasses.replace(measured, rows_out=rows_out)
 
 
 def _worker_main(contender: str, input_path: Path, out_dir: Path) -> None:
     print(json.dumps({"rows_out": WORKERS[contender](input_path, out_dir)}))
-
-
-def median_run(measurements: list[Measurement]) -> Measurement:
-    """One contender's rounds as one row: median wall and CPU time, the highest peak."""
-    first = measurements[0]
-    return Measurement(
-        first.contender,
-        first.lines,
-        statistics.median(m.seconds for m in measurements),
-        statistics.median(m.cpu_seconds for m in measurements),
-        max(m.peak_mib for m in measurements),
-        first.rows_out,
-    )
 
 
 # --- the report --------------------------------------------------------------------

@@ -123,6 +123,20 @@ def tiny_train_config(model_dir: Path, **overrides: object):
     return TrainConfig(**(values | overrides))
 
 
+def load_bench_script(name: str):
+    """A benchmark script of bench/ as a module (its sibling ``measuring`` module loaded first, as the scripts import it)."""
+    import importlib.util
+    import sys
+
+    for module in ("measuring", name):
+        if module not in sys.modules:
+            spec = importlib.util.spec_from_file_location(module, ROOT / "bench" / f"{module}.py")
+            loaded = importlib.util.module_from_spec(spec)
+            sys.modules[module] = loaded
+            spec.loader.exec_module(loaded)
+    return sys.modules[name]
+
+
 def tree_hashes(root: Path) -> dict[str, str]:
     """SHA-256 of every file under ``root``, by path relative to it."""
     return {

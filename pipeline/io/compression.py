@@ -62,7 +62,8 @@ class _ZstdFrames(io.RawIOBase):
         self._raw = open(path, "rb")
         self._size = os.path.getsize(path)
         self._decompressor = self._new_decompressor()
-        self._buffer = b""
+        self._buffer = b""  # decompressed bytes not all handed out yet: from _pos on
+        self._pos = 0
         self._out = 0
         self._done = False
 
@@ -73,7 +74,7 @@ class _ZstdFrames(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        while not self._buffer and not self._done:
+        while self._pos == len(self._buffer) and not self._done:
             try:
                 self._fill()
             except InputFileError as exc:
@@ -81,14 +82,16 @@ class _ZstdFrames(io.RawIOBase):
                 # stream), and raise on the next read, so no whole line is lost.
                 self._error = exc
                 self._done = True
-        if not self._buffer and self._error is not None:
+        if self._pos == len(self._buffer) and self._error is not None:
             if self._error_pending_eof:
                 self._error_pending_eof = False
                 return 0
             raise self._error
-        n = min(len(buffer), len(self._buffer))
-        buffer[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
+        # Copied once, from a view: slicing the bytes would copy the piece and the rest.
+        n = min(len(buffer), len(self._buffer) - self._pos)
+        with memoryview(self._buffer) as view:
+            buffer[:n] = view[self._pos : self._pos + n]
+        self._pos += n
         self._out += n
         return n
 
@@ -99,7 +102,7 @@ class _ZstdFrames(io.RawIOBase):
             if not self._decompressor.eof and self._started:
                 raise InputFileError(
                     f"{self._path}: truncated zstd archive: the stream ends inside a frame after"
-                    f" {self._out + len(self._buffer):,} decompressed bytes (file is {self._size:,} bytes)"
+                    f" {self._out:,} decompressed bytes (file is {self._size:,} bytes)"
                 )
             return
         try:
@@ -114,7 +117,7 @@ class _ZstdFrames(io.RawIOBase):
                 f"{self._path}: corrupt zstd archive near compressed byte {self._raw.tell():,} of"
                 f" {self._size:,} ({self._out:,} bytes decompressed before it): {exc}"
             ) from exc
-        self._buffer += out
+        self._buffer, self._pos = out, 0  # called once all of the last buffer is handed out
 
     _started = False
     _error: InputFileError | None = None

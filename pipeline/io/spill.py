@@ -13,11 +13,14 @@ long pass stays at about one batch of resident memory.
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import polars as pl
 
 from pipeline.memory import trimmed
@@ -64,21 +67,7 @@ def read_batches(paths: Sequence[Path], batch_rows: int = BATCH_ROWS) -> Iterato
     however large the whole, memory holds about one batch; the heap a batch leaves
     free is returned before the next is read.
     """
-    return trimmed(_batches(paths, batch_rows))
-
-
-def _batches(paths: Sequence[Path], batch_rows: int) -> Iterator[pl.DataFrame]:
-    pending: list[pl.DataFrame] = []
-    pending_rows = 0
-    for path in paths:
-        batch = pl.read_ipc(path)
-        pending.append(batch)
-        pending_rows += batch.height
-        if pending_rows >= batch_rows:
-            yield concat(pending)
-            pending, pending_rows = [], 0
-    if pending:
-        yield concat(pending)
+    return trimmed(_rebatched((pl.read_ipc(path) for path in paths), batch_rows))
 
 
 def read_all(paths: Sequence[Path]) -> pl.DataFrame | None:
@@ -113,63 +102,116 @@ def partition_of(key: pl.Expr, n_parts: int) -> pl.Expr:
 
 
 def key_partitions(
-    paths: Sequence[Path], key: pl.Expr, n_parts: int, work_dir: Path
+    paths: Sequence[Path], key: pl.Expr, n_parts: int, work_dir: Path, where: pl.Expr | None = None
 ) -> Iterator[tuple[int, pl.DataFrame]]:
     """``(partition, rows)`` of the rows of ``paths`` split by a hash of ``key``.
 
     Rows with equal keys land in the same partition, in input order; partitions come
     in order, one in memory at a time, and empty ones are skipped. With one
-    partition the rows are not copied to disk first.
+    partition the rows are not copied to disk first. With ``where``, only the rows
+    where it holds are partitioned (the others are never written).
 
-    On disk, each batch of rows becomes one Arrow IPC file holding one record batch
-    per partition (few files, however many partitions), and a partition is read back
-    by fetching just its record batches from each file.
+    On disk, each batch of rows becomes one file holding, partition after partition,
+    an Arrow IPC stream of that partition's rows (few files, however many partitions);
+    where each stream ends is kept here, so a partition is read back with one
+    ``pread`` per file, its stream decoded on its own. A partition is then a piece of
+    every batch file: batch files x partitions pieces, both growing with the input.
+    Past ``MAX_FANOUT`` partitions the rows are split in two rounds instead: into
+    groups of consecutive partitions, then each group (read back, in input order)
+    into its own partitions, about 2 x batch files x sqrt(partitions) pieces for one
+    more write and read of the rows.
     """
-    import pyarrow as pa
-
     if n_parts == 1:
         rows = read_all(paths)
         if rows is not None:
-            yield 0, rows
+            yield 0, rows if where is None else rows.filter(where)
         return
     work_dir.mkdir(parents=True, exist_ok=True)
     part_dir = Path(tempfile.mkdtemp(prefix=".partitions-", dir=work_dir))
     try:
-        # (file, {partition: [record batch positions]}) for each batch written.
-        written: list[tuple[Path, dict[int, list[int]]]] = []
-        schema: pa.Schema | None = None
-        for number, batch in enumerate(read_batches(paths)):
-            split = batch.with_columns(partition_of(key, n_parts).alias("_part")).partition_by(
-                "_part", as_dict=True, include_key=False, maintain_order=True
-            )
-            path = part_dir / f"{number:06d}.arrow"
-            positions: dict[int, list[int]] = {}
-            with pa.OSFile(str(path), "wb") as sink:
-                writer = None
-                count = 0
-                for (index,), rows in sorted(split.items()):
-                    table = rows.to_arrow()
-                    schema = schema or table.schema
-                    if writer is None:
-                        writer = pa.ipc.new_file(sink, schema)
-                    for record_batch in table.cast(schema).to_batches():
-                        positions.setdefault(int(index), []).append(count)
-                        writer.write_batch(record_batch)
-                        count += 1
-                if writer is not None:
-                    writer.close()
-            written.append((path, positions))
-        for index in range(n_parts):
-            pieces = []
-            for path, positions in written:
-                if index in positions:
-                    with pa.OSFile(str(path)) as source:
-                        reader = pa.ipc.open_file(source)
-                        for position in positions[index]:
-                            piece = pl.from_arrow(reader.get_batch(position))
-                            assert isinstance(piece, pl.DataFrame)
-                            pieces.append(piece)
-            if pieces:
-                yield index, concat(pieces)
+        batches = (batch if where is None else batch.filter(where) for batch in read_batches(paths))
+        batches = (batch.with_columns(partition_of(key, n_parts).alias(_PARTITION)) for batch in batches)
+        if n_parts <= MAX_FANOUT:
+            yield from _partitions(_split(batches, pl.col(_PARTITION), n_parts, part_dir), n_parts)
+            return
+        groups = -(-n_parts // MAX_FANOUT)
+        per_group = -(-n_parts // groups)
+        first_round = _split(batches, pl.col(_PARTITION) // per_group, groups, part_dir / "groups")
+        for group in range(groups):
+            folder = part_dir / f"group-{group:05d}"
+            rows = _rebatched(_pieces(first_round, group))
+            second_round = _split(rows, pl.col(_PARTITION) - group * per_group, per_group, folder)
+            for index, partition in _partitions(second_round, per_group):
+                yield group * per_group + index, partition
+            shutil.rmtree(folder)
     finally:
         shutil.rmtree(part_dir, ignore_errors=True)
+
+
+# Past this many partitions, key_partitions splits rows in two rounds.
+MAX_FANOUT = 256
+_PARTITION = "_spill_partition"
+
+
+def _split(batches: Iterable[pl.DataFrame], part: pl.Expr, n_parts: int, folder: Path) -> list[tuple[Path, np.ndarray]]:
+    """Write each batch as one file of per-``part`` IPC streams; for each file, where
+    each part's stream ends (a part without rows ends where the one before it does)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for number, batch in enumerate(batches):
+        split = batch.with_columns(part.alias("_split")).partition_by(
+            "_split", as_dict=True, include_key=False, maintain_order=True
+        )
+        path = folder / f"{number:06d}.arrows"
+        ends = np.zeros(n_parts, dtype=np.int64)
+        with open(path, "wb") as sink:
+            for (index,), rows in sorted(split.items()):
+                rows.write_ipc_stream(sink, compression="uncompressed")
+                ends[index] = sink.tell()
+        written.append((path, np.maximum.accumulate(ends)))
+    return written
+
+
+def _pieces(written: list[tuple[Path, np.ndarray]], index: int) -> Iterator[pl.DataFrame]:
+    """Part ``index`` of each file :func:`_split` wrote, in file order."""
+    for path, ends in written:
+        start = int(ends[index - 1]) if index else 0
+        if ends[index] > start:
+            yield pl.read_ipc_stream(io.BytesIO(_read_range(path, start, int(ends[index]) - start)))
+
+
+def _partitions(written: list[tuple[Path, np.ndarray]], n_parts: int) -> Iterator[tuple[int, pl.DataFrame]]:
+    for index in range(n_parts):
+        pieces = list(_pieces(written, index))
+        if pieces:
+            yield index, concat(pieces).drop(_PARTITION)
+
+
+def _rebatched(frames: Iterable[pl.DataFrame], batch_rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
+    """``frames`` concatenated into batches of about ``batch_rows`` rows, in order."""
+    pending: list[pl.DataFrame] = []
+    pending_rows = 0
+    for frame in frames:
+        pending.append(frame)
+        pending_rows += frame.height
+        if pending_rows >= batch_rows:
+            yield concat(pending)
+            pending, pending_rows = [], 0
+    if pending:
+        yield concat(pending)
+
+
+def _read_range(path: Path, start: int, length: int) -> bytes:
+    """``length`` bytes of ``path`` from ``start``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while length:
+            data = os.pread(fd, length, start)
+            if not data:
+                raise OSError(f"{path}: ends before byte {start + length:,}")
+            parts.append(data)
+            start, length = start + len(data), length - len(data)
+        return b"".join(parts)
+    finally:
+        os.close(fd)

@@ -198,15 +198,18 @@ def candidate_batches(dataset: str, staged_files: list[Path], work_dir: Path, op
 
     1. by ``id``: every copy of an id is in one partition, where the repeated copies
        are found (their input positions are kept: few) and the first copies become
-       the parent table of that partition, written to disk;
-    2. by parent key (a reply's parent id; a comment that is not a reply goes by its
-       own id, to spread them): each partition's replies meet the parent table of the
-       same partition, since a parent's id hashes where its replies' parent keys do.
+       the parent table of that partition, written to disk; the comments that are
+       not replies (top-level, a bad parent id) have no parent to meet, so their
+       candidate rows (a drop reason each) come out here;
+    2. by parent key, the replies only: each partition's replies meet the parent
+       table of the same partition, since a parent's id hashes where its replies'
+       parent keys do.
 
     Memory holds one partition and the positions of repeated comments, whatever the
     size of the month. With a single partition (a small input) this is
     :func:`build_candidates` itself; otherwise rows come partition after partition,
-    input order within one.
+    input order within one: first the comments that are not replies (step 1), then the
+    replies (step 2), so the kept pairs come in the order of step 2.
     """
     from pipeline.io import spill
 
@@ -219,6 +222,7 @@ def candidate_batches(dataset: str, staged_files: list[Path], work_dir: Path, op
     scratch = work_dir / ".reddit-parents"
     parent_tables = [spill.FrameFiles(scratch / f"part-{index:05d}", fresh=True) for index in range(n_parts)]
     repeated: list[pl.Series] = []
+    is_reply = pl.col("parent_id").str.starts_with("t1_")
     try:
         for index, rows in spill.key_partitions(staged_files, pl.col("id"), n_parts, work_dir):
             rows = _with_order(rows.lazy())
@@ -226,9 +230,10 @@ def candidate_batches(dataset: str, staged_files: list[Path], work_dir: Path, op
             rows = rows.with_columns((~first).alias("_repeat")).collect()
             repeated.append(rows.filter(pl.col("_repeat")).get_column("_order"))
             parent_tables[index].write(_parents(rows.lazy()).collect())
+            not_replies = rows.lazy().filter(~is_reply)
+            yield _pairs(not_replies, _parents(not_replies.head(0)), options).collect()
         repeat_orders = pl.concat(repeated) if repeated else pl.Series("_order", [], dtype=pl.Int64)
-        by_parent = pl.coalesce(_parent_key(), pl.col("id"))
-        for index, rows in spill.key_partitions(staged_files, by_parent, n_parts, work_dir):
+        for index, rows in spill.key_partitions(staged_files, _parent_key(), n_parts, work_dir, where=is_reply):
             parents = parent_tables[index].read()
             rows = _with_order(rows.lazy()).with_columns(pl.col("_order").is_in(repeat_orders.implode()).alias("_repeat"))
             if parents is None:
