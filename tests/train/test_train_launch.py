@@ -130,9 +130,9 @@ def test_only_the_main_process_writes_model_files(tmp_path: Path) -> None:
     """sentence-transformers' _save has no main-process check, and transformers 5 calls it on every rank."""
     from types import SimpleNamespace
 
-    from pipeline.train.task import _rank_zero_saving_trainer_class
+    from pipeline.train.task import _trainer_class
 
-    trainer = object.__new__(_rank_zero_saving_trainer_class())
+    trainer = object.__new__(_trainer_class())
     trainer.args = SimpleNamespace(should_save=False)  # rank 1 of a torchrun launch
     trainer._save(str(tmp_path / "rank1"))
     assert not (tmp_path / "rank1").exists()
