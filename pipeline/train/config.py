@@ -60,8 +60,8 @@ class TrainConfig:
         shuffle_window: rows of a dataset the ``stream`` loader reads and shuffles
             together; it holds about two windows a dataset.
         gather_across_devices: under torchrun with the ``stream`` loader, score each
-            anchor against the candidates of every process (the global batch), as the
-            1B recipe did across TPU cores; off: against its own process's only.
+            anchor against the candidates of all processes (the whole global batch), as
+            the 1B recipe did across TPU cores, rather than its own process's only.
         verify_shards: the shards' SHA-256 check: ``background`` (hashed on threads, a
             shard before its first use), ``upfront`` (all before the first step) or
             ``off``. Missing and truncated shards are refused before the first step
@@ -97,7 +97,7 @@ class TrainConfig:
     shuffle_window: int = 100_000
     gather_across_devices: bool = True
     verify_shards: VerifyShards = "background"
-    batch_log: str | None = None
+    batch_log: str | None = field(default=None, metadata={"metavar": "DIR"})
 
     def __post_init__(self) -> None:
         if self.loss not in ("mnrl", "cached_mnrl"):
