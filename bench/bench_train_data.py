@@ -5,9 +5,11 @@ entailment pairs, Kaggle Quora duplicates), the packaged all-MiniLM-L6-v2 (or --
 Out: for each run (``stream`` on N, ``stream`` on 10·N, ``memory`` on N), each in a
 fresh subprocess training the same number of steps with the same settings: peak RSS
 (the kernel's high-water mark, from ``wait4``), training throughput (examples/s from
-the end of step 1 to the end of the last step), the time from calling ``train_model``
-to the end of the first step, and what the shard check cost; then the ratios against
-the targets. Nothing is saved.
+the end of step 1 to the end of the last step) and the process's CPU time (all
+threads) per example over the same steps, the time from calling ``train_model`` to the
+end of the first step, and what the shard check cost; then the ratios against the
+targets. ``--rounds R`` runs the three R times in turn and reports medians. Nothing is
+saved.
 
 The corpora: three datasets (``stsb``, ``snli``, ``quora``), each the real pairs of
 its sample cycled until it holds a third of the corpus; copy ``k >= 1`` of a pair has
@@ -108,11 +110,11 @@ def child(corpus_dir: Path, data_config: Path, loader: str, result: Path, args: 
     from pipeline.train.config import TrainConfig
     from pipeline.train.task import train_model
 
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            ends.append(time.perf_counter())
+            ends.append((time.perf_counter(), time.process_time()))
 
     config = TrainConfig(
         model=args.model, batch_size=args.batch_size, max_steps=args.steps, warmup_steps=0, save_steps=10 * args.steps,
@@ -122,7 +124,9 @@ def child(corpus_dir: Path, data_config: Path, loader: str, result: Path, args: 
         summary = train_model(corpus_dir, data_config, out, config, callbacks=[StepClock()])
     figures = {
         "first_step_s": summary["seconds_to_first_step"],
-        "examples_per_s": (len(ends) - 1) * args.batch_size / (ends[-1] - ends[0]),
+        "examples_per_s": (len(ends) - 1) * args.batch_size / (ends[-1][0] - ends[0][0]),
+        # CPU time of the whole process (every thread: loader, hashing, torch) a trained example
+        "cpu_ms_per_example": (ends[-1][1] - ends[0][1]) * 1000 / ((len(ends) - 1) * args.batch_size),
         "steps": summary["steps"],
         "verify": summary["verify_shards"],
     }
@@ -153,12 +157,24 @@ def measure(
     return figures | {"peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": time.perf_counter() - started}
 
 
+def _median(runs: list[dict]) -> dict:
+    """The run of median throughput, with each figure replaced by its median over the runs."""
+    import statistics
+
+    middle = dict(sorted(runs, key=lambda r: r["examples_per_s"])[len(runs) // 2])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)):
+            middle[key] = statistics.median(r[key] for r in runs)
+    return middle
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=600_000, help="pairs of the N corpus (the other has 10x)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", help="model folder (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the three in turn this many times; report medians")
     parser.add_argument("--loss", default="mnrl", choices=("mnrl", "cached_mnrl"))
     parser.add_argument("--mini-batch-size", type=int, default=32, help="cached_mnrl's mini-batch")
     parser.add_argument("--recipe-steps", type=int, default=0, metavar="K",
@@ -181,31 +197,40 @@ def main() -> int:
             built[label] = (work / f"corpus-{label}", build_corpus(work / f"corpus-{label}", pairs))
             size = sum(p.stat().st_size for p in built[label][0].rglob("*.parquet"))
             print(f"corpus {label}: {pairs:,} pairs, {size / 2**20:,.0f} MiB of shards, built in {time.perf_counter() - started:.0f} s")
-        runs = {
-            "stream N": measure(*built["N"], "stream", args, work),
-            "stream 10N": measure(*built["10N"], "stream", args, work),
-            "memory N": measure(*built["N"], "memory", args, work),
-        }
+        rounds = [
+            {
+                "stream N": measure(*built["N"], "stream", args, work),
+                "stream 10N": measure(*built["10N"], "stream", args, work),
+                "memory N": measure(*built["N"], "memory", args, work),
+            }
+            for _ in range(args.rounds)
+        ]
+        runs = {name: _median([r[name] for r in rounds]) for name in rounds[0]}
         if args.recipe_steps:
             recipe = {"steps": args.recipe_steps, "batch_size": 1024, "loss": "cached_mnrl", "mini_batch_size": 64}
             runs["recipe N"] = measure(*built["N"], "stream", args, work, **recipe)
-    print(f"\n{args.steps} steps of {args.batch_size}, model {args.model or 'all-MiniLM-L6-v2 (packaged)'}, load {os.getloadavg()[0]:.1f}")
-    print(f"{'run':<12} {'peak RSS MiB':>12} {'examples/s':>11} {'first step s':>13} {'SHA-256 checked':>22}")
+    model = args.model or "all-MiniLM-L6-v2 (packaged)"
+    print(f"\n{args.steps} steps of {args.batch_size}, model {model}, {args.rounds} round(s), load {os.getloadavg()[0]:.1f}")
+    print(f"{'run':<12} {'peak RSS MiB':>12} {'examples/s':>11} {'CPU ms/ex':>10} {'first step s':>13} {'SHA-256 checked':>22}")
     for name, run in runs.items():
         v = run["verify"]
         checked = f"{v['verified']}/{v['shards']} in {v['hash_seconds']:.2f} s"
-        print(f"{name:<12} {run['peak_rss_mib']:>12,.0f} {run['examples_per_s']:>11.1f} {run['first_step_s']:>13.2f} {checked:>22}")
+        print(
+            f"{name:<12} {run['peak_rss_mib']:>12,.0f} {run['examples_per_s']:>11.1f} {run['cpu_ms_per_example']:>10.1f}"
+            f" {run['first_step_s']:>13.2f} {checked:>22}"
+        )
     growth = runs["stream 10N"]["peak_rss_mib"] / runs["stream N"]["peak_rss_mib"]
     speed = runs["stream N"]["examples_per_s"] / runs["memory N"]["examples_per_s"]
     speed_large = runs["stream 10N"]["examples_per_s"] / runs["memory N"]["examples_per_s"]
     first = runs["stream 10N"]["first_step_s"] / runs["stream N"]["first_step_s"]
+    cpu = runs["memory N"]["cpu_ms_per_example"] / runs["stream N"]["cpu_ms_per_example"]
     if "recipe N" in runs:
         rate = runs["recipe N"]["examples_per_s"]
         print(f"1B recipe batch (1024, cached MNRL, mini-batch 64), {args.recipe_steps} steps: {rate:.1f} examples/s;"
               f" 100,000 steps at this rate: {100_000 * 1024 / rate / 3600:,.0f} hours")  # fmt: skip
     print(f"peak RSS, stream 10N / stream N: {growth:.3f} (target < {TARGETS['rss_growth']}: {'met' if growth < TARGETS['rss_growth'] else 'MISSED'})")
     print(f"throughput, stream N / memory N: {speed:.3f} (target >= {TARGETS['throughput']}: {'met' if speed >= TARGETS['throughput'] else 'MISSED'});"
-          f" stream 10N / memory N: {speed_large:.3f}")  # fmt: skip
+          f" stream 10N / memory N: {speed_large:.3f}; CPU per example, memory N / stream N: {cpu:.3f}")  # fmt: skip
     print(f"time to first step, stream 10N / stream N: {first:.2f} ({runs['stream 10N']['first_step_s']:.2f} s vs"
           f" {runs['stream N']['first_step_s']:.2f} s; memory N: {runs['memory N']['first_step_s']:.2f} s)")  # fmt: skip
     return 0

@@ -69,6 +69,8 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
         self.prefetch = prefetch
         self.batch_log = None if batch_log is None else Path(batch_log) / f"rank-{rank}.jsonl"
         self._taken = stream.state_dict()
+        self._stop: threading.Event | None = None
+        self._producer: threading.Thread | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """The stream's position after the last batch handed to the trainer."""
@@ -95,7 +97,16 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             _put(out, exc, stop)
 
+    def close(self) -> None:
+        """Stop building batches ahead (the trainer may drop an iterator without closing it)."""
+        if self._stop is not None:
+            self._stop.set()
+        if self._producer is not None:
+            self._producer.join()
+        self._stop = self._producer = None
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.close()
         # The stream may have run ahead of the trainer (batches built, not taken): go back.
         if self.stream.batches != self._taken["batches"]:
             self.stream.load_state_dict(self._taken)
@@ -104,11 +115,12 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
         if self.batch_log is not None:
             self.batch_log.parent.mkdir(parents=True, exist_ok=True)
             log = open(self.batch_log, "a", encoding="utf-8")
-        stop = threading.Event()
+        stop = self._stop = threading.Event()
         items: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
         producer = None
         if self.prefetch:
             producer = threading.Thread(target=self._produce, args=(items, stop), name="pairforge-batches", daemon=True)
+            self._producer = producer
             producer.start()
         try:
             while True:

@@ -291,6 +291,10 @@ def train_model(
     weights = [d.entry.weight for d in datasets]
     every_shard = [s for d in datasets for s in d.shards]
     check_shards_present(every_shard)  # missing or truncated shards fail here, before the model loads
+    use_gpu = config.device != "cpu" and gpu_visible()
+    # One process with several GPUs: the Trainer's DataParallel splits each batch across them.
+    devices = torch.cuda.device_count() if use_gpu and world_size == 1 else 1
+    global_batch = config.batch_size * max(1, devices) * world_size
     torch.manual_seed(config.seed)
 
     # 2. Model.
@@ -301,38 +305,37 @@ def train_model(
     # shards' hashes are checked on the first process of each machine, each shard before
     # its first use. memory: every row in RAM, sentence-transformers' map-style path with
     # the weighted batch sampler; accelerate hands each process every N-th batch.
-    verifier = stream = None
-    if config.loader == "stream":
-        from pipeline.train.stream import BatchStream
-
-        hashes_here = config.verify_shards != "off" and int(os.environ.get("LOCAL_RANK", "0")) == 0
-        verifier = ShardVerifier(every_shard, config.verify_shards if hashes_here else "off")
-        global_batch = config.batch_size * world_size
-        stream = BatchStream(
-            datasets, weights, global_batch, seed=config.seed, window_rows=config.shuffle_window,
-            multiple_of=world_size, verifier=verifier,
-        )  # fmt: skip
-        stream.prefetch()  # the first windows are read while the trainer starts
-        train_dataset = _stream_features(datasets)
-        batches_per_epoch = config.steps_per_epoch or stream.batches_per_pass
-        planned = _planned_steps(config, batches_per_epoch, config.gradient_accumulation_steps)
-        loader_args: dict[str, Any] = {"max_steps": planned, "ignore_data_skip": True}
-    else:
-        from datasets import Dataset, DatasetDict
-        from datasets.table import InMemoryTable
-
-        from pipeline.sampling.batch_sampler import WeightedSamplerFactory
-
-        data = read_training_tables(datasets, config.verify_shards)
-        train_dataset = DatasetDict({e.name: Dataset(InMemoryTable(t)) for e, t in zip(data.entries, data.tables)})
-        batches_per_epoch = config.steps_per_epoch or sum(max(1, t.num_rows // config.batch_size) for t in data.tables)
-        planned = _planned_steps(config, batches_per_epoch, world_size * config.gradient_accumulation_steps)
-        loader_args = {
-            "max_steps": config.max_steps or -1,
-            "multi_dataset_batch_sampler": WeightedSamplerFactory(weights, num_batches=batches_per_epoch),
-        }
-
+    verifier = stream = trainer = None
     try:
+        if config.loader == "stream":
+            from pipeline.train.stream import BatchStream
+
+            hashes_here = config.verify_shards != "off" and int(os.environ.get("LOCAL_RANK", "0")) == 0
+            verifier = ShardVerifier(every_shard, config.verify_shards if hashes_here else "off")
+            stream = BatchStream(
+                datasets, weights, global_batch, seed=config.seed, window_rows=config.shuffle_window,
+                multiple_of=world_size, verifier=verifier,
+            )  # fmt: skip
+            stream.prefetch()  # the first windows are read while the trainer starts
+            train_dataset = _stream_features(datasets)
+            batches_per_epoch = config.steps_per_epoch or stream.batches_per_pass
+            planned = _planned_steps(config, batches_per_epoch, config.gradient_accumulation_steps)
+            loader_args: dict[str, Any] = {"max_steps": planned, "ignore_data_skip": True}
+        else:
+            from datasets import Dataset, DatasetDict
+            from datasets.table import InMemoryTable
+
+            from pipeline.sampling.batch_sampler import WeightedSamplerFactory
+
+            data = read_training_tables(datasets, config.verify_shards)
+            train_dataset = DatasetDict({e.name: Dataset(InMemoryTable(t)) for e, t in zip(data.entries, data.tables)})
+            batches_per_epoch = config.steps_per_epoch or sum(max(1, t.num_rows // config.batch_size) for t in data.tables)
+            planned = _planned_steps(config, batches_per_epoch, world_size * config.gradient_accumulation_steps)
+            loader_args = {
+                "max_steps": config.max_steps or -1,
+                "multi_dataset_batch_sampler": WeightedSamplerFactory(weights, num_batches=batches_per_epoch),
+            }
+
         # 4. Loss: MNRL reads column 0 as the anchor and every later column as a candidate,
         # so hard negatives are used where a dataset has them.
         gather = config.gather_across_devices and world_size > 1 and config.loader == "stream"
@@ -344,7 +347,6 @@ def train_model(
             loss = MultipleNegativesRankingLoss(model, scale=config.scale, gather_across_devices=gather)
 
         # 5. Arguments.
-        use_gpu = config.device != "cpu" and gpu_visible()
         precision = _resolve_precision(config, use_gpu)
         warmup = min(config.warmup_steps, planned // 10)
         args = SentenceTransformerTrainingArguments(
@@ -389,9 +391,17 @@ def train_model(
             )
             if resume_from is not None:
                 state = json.loads((Path(resume_from) / LOADER_STATE_NAME).read_text(encoding="utf-8"))
+                if state.get("batch_size") != global_batch:
+                    raise ValueError(
+                        f"{resume_from} was saved with a global batch of {state.get('batch_size')} rows; this run's is"
+                        f" {global_batch} ({config.batch_size} x {world_size} processes x {devices} GPUs a process):"
+                        " resume with the same number of processes, or --no-resume to start over"
+                    )
                 trainer.streaming_data.load_state_dict(state)
         output = trainer.train(resume_from_checkpoint=resume_from)
     finally:
+        if trainer is not None and trainer.streaming_data is not None:
+            trainer.streaming_data.close()
         if stream is not None:
             stream.close()
         if verifier is not None:
@@ -424,7 +434,7 @@ def train_model(
                 "device": "cuda" if use_gpu else "cpu",
                 "world_size": world_size,
                 "loader": config.loader,
-                "global_batch_size": config.batch_size * world_size,
+                "global_batch_size": global_batch,
                 "gather_across_devices": gather,
                 "batches_per_epoch": batches_per_epoch,
                 "planned_steps": planned,

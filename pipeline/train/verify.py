@@ -120,7 +120,11 @@ class ShardVerifier:
                 thread.start()
                 self._threads.append(thread)
             if mode == "upfront":
-                self.wait_all()
+                try:
+                    self.wait_all()
+                except ShardError:
+                    self.close()
+                    raise
 
     def __enter__(self) -> ShardVerifier:
         return self
