@@ -101,6 +101,27 @@ def build_corpus(corpus_dir: Path, pairs: int) -> Path:
     return data_config
 
 
+def loader_cost(corpus_dir: Path, data_config: Path, batch_size: int, batches: int = 2000) -> dict[str, float]:
+    """The streaming loader alone, no model, in this process: CPU-s to read, hash and shuffle one
+    window (of the first dataset), and ms per batch drawn (the first windows read before the clock)."""
+    from pipeline.train.data import training_datasets
+    from pipeline.train.stream import BatchStream
+
+    datasets = training_datasets(corpus_dir, data_config)
+    stream = BatchStream(datasets, [d.entry.weight for d in datasets], batch_size, read_threads=0)
+    started = time.process_time()
+    window = stream.readers[0].read_window(0, (0, 0, 0))
+    window_cpu = time.process_time() - started
+    for reader in stream.readers:
+        reader.next_row()
+    started = time.perf_counter()
+    for _ in range(batches):
+        stream.next_batch()
+    per_batch = (time.perf_counter() - started) * 1000 / batches
+    stream.close()
+    return {"window_rows": len(window), "window_cpu_s": window_cpu, "batch_ms": per_batch}
+
+
 def child(corpus_dir: Path, data_config: Path, loader: str, result: Path, args: argparse.Namespace) -> None:
     """One run, in this (fresh) process: train ``args.steps`` steps and write the figures to ``result``."""
     import sentence_transformers  # noqa: F401 - imported before the clock starts, as a warm process would have it
@@ -197,6 +218,7 @@ def main() -> int:
             built[label] = (work / f"corpus-{label}", build_corpus(work / f"corpus-{label}", pairs))
             size = sum(p.stat().st_size for p in built[label][0].rglob("*.parquet"))
             print(f"corpus {label}: {pairs:,} pairs, {size / 2**20:,.0f} MiB of shards, built in {time.perf_counter() - started:.0f} s")
+        cost = loader_cost(*built["10N"], args.batch_size)
         rounds = [
             {
                 "stream N": measure(*built["N"], "stream", args, work),
@@ -209,6 +231,10 @@ def main() -> int:
         if args.recipe_steps:
             recipe = {"steps": args.recipe_steps, "batch_size": 1024, "loss": "cached_mnrl", "mini_batch_size": 64}
             runs["recipe N"] = measure(*built["N"], "stream", args, work, **recipe)
+    print(
+        f"stream loader alone, 10N: {cost['window_cpu_s']:.2f} CPU-s to read, hash and shuffle a window of"
+        f" {cost['window_rows']:,} rows; {cost['batch_ms']:.2f} ms a batch of {args.batch_size} (no tokenizing)"
+    )
     model = args.model or "all-MiniLM-L6-v2 (packaged)"
     print(f"\n{args.steps} steps of {args.batch_size}, model {model}, {args.rounds} round(s), load {os.getloadavg()[0]:.1f}")
     print(f"{'run':<12} {'peak RSS MiB':>12} {'examples/s':>11} {'CPU ms/ex':>10} {'first step s':>13} {'SHA-256 checked':>22}")

@@ -169,7 +169,7 @@ class DatasetReader:
 
     def _slices_from(self, pass_number: int, cursor: Cursor):
         """``(cursor, shard, row group, slice, rows, first row number)`` from ``cursor`` to the pass's end."""
-        shard_order = self._rng(_SHARD_ORDER, self.index, pass_number).permutation(len(self.shards))
+        shard_order = shard_order_of(self.seed, self.index, pass_number, len(self.shards))
         position, group_position, slice_number = cursor
         while position < len(shard_order):
             shard = int(shard_order[position])
@@ -435,6 +435,29 @@ class BatchStream:
             reader.discard()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def shard_order_of(seed: int, dataset: int, pass_number: int, shards: int) -> np.ndarray:
+    """The order in which pass ``pass_number`` over dataset ``dataset`` visits its shards."""
+    return np.random.default_rng([int(seed), _SHARD_ORDER, dataset, pass_number]).permutation(shards)
+
+
+def first_use_order(datasets: Sequence[TrainingDataset], weights: Sequence[float], seed: int) -> list[Any]:
+    """Every shard of the run, in about the order the readers first open them.
+
+    A shard's first use is estimated as the rows its dataset's first pass reads before
+    it, divided by the dataset's share of the batches; so each dataset's first shard
+    comes first, and a heavy dataset's later shards before a light one's. The shard
+    check hashes them in this order (:class:`~pipeline.train.verify.ShardVerifier`).
+    """
+    total = float(sum(weights))
+    keyed = []
+    for index, (dataset, weight) in enumerate(zip(datasets, weights)):
+        before = 0
+        for shard in shard_order_of(seed, index, 0, len(dataset.shards)).tolist():
+            keyed.append((before * total / weight, index, dataset.shards[shard]))
+            before += dataset.shards[shard].rows
+    return [shard for *_, shard in sorted(keyed, key=lambda k: k[:2])]
 
 
 def _hold(candidate: tuple[Window, int] | HeldRow) -> HeldRow:

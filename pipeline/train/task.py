@@ -308,10 +308,12 @@ def train_model(
     verifier = stream = trainer = None
     try:
         if config.loader == "stream":
-            from pipeline.train.stream import BatchStream
+            from pipeline.train.stream import BatchStream, first_use_order
 
             hashes_here = config.verify_shards != "off" and int(os.environ.get("LOCAL_RANK", "0")) == 0
-            verifier = ShardVerifier(every_shard, config.verify_shards if hashes_here else "off")
+            verifier = ShardVerifier(
+                first_use_order(datasets, weights, config.seed), config.verify_shards if hashes_here else "off"
+            )
             stream = BatchStream(
                 datasets, weights, global_batch, seed=config.seed, window_rows=config.shuffle_window,
                 multiple_of=world_size, verifier=verifier,

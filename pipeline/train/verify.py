@@ -16,7 +16,8 @@ Three checks, from cheap to thorough:
    every shard before the first step; ``background`` (the default) hashes them on
    threads in the order the readers will open them, and a reader that reaches a shard
    not hashed yet hashes it itself, so a shard whose bytes differ stops the run before
-   any step uses a row of it; ``off`` skips the hash.
+   any step uses a row of it; ``off`` skips the hash. The background order is the
+   readers' (:func:`pipeline.train.stream.first_use_order`).
 """
 
 from __future__ import annotations
@@ -92,14 +93,15 @@ class ShardVerifier:
     Args:
         shards: the shards to hash, most urgent first (the order the readers open them).
         mode: ``upfront``, ``background`` or ``off`` (see the module docstring).
-        threads: hashing threads in ``background`` and ``upfront`` modes (hashlib
-            releases the GIL, so they run beside training).
+        threads: hashing threads (hashlib releases the GIL, so they run beside
+            training); None: one in ``background`` mode, which keeps ahead of training
+            without taking cores from it, and up to four in ``upfront`` mode.
 
     :meth:`wait` is what a reader calls before it opens a shard. Use as a context
     manager, or call :meth:`close` (which stops the background threads).
     """
 
-    def __init__(self, shards: Sequence[ShardRef], mode: VerifyMode = "background", threads: int = 2) -> None:
+    def __init__(self, shards: Sequence[ShardRef], mode: VerifyMode = "background", threads: int | None = None) -> None:
         if mode not in VERIFY_MODES:
             raise ValueError(f"verify mode must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
         self.mode = mode
@@ -114,6 +116,8 @@ class ShardVerifier:
         self._started = time.perf_counter()
         self._wait_seconds = 0.0
         self._threads: list[threading.Thread] = []
+        if threads is None:
+            threads = 1 if mode == "background" else min(4, os.cpu_count() or 1)
         if mode != "off":
             for n in range(max(1, threads)):
                 thread = threading.Thread(target=self._work, name=f"pairforge-verify-{n}", daemon=True)

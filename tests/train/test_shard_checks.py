@@ -124,3 +124,18 @@ def test_a_dataset_without_training_rows_is_an_error(real_corpus: tuple[Path, Pa
     config.write_text(json.dumps([{"name": "nli-pairs", "weight": 1}, {"name": "s2orc-citations", "weight": 1}]))
     with pytest.raises(ValueError, match="'s2orc-citations' has no training rows"):
         training_datasets(real_corpus[0], config)
+
+
+def test_the_background_check_hashes_each_dataset_s_first_shard_first(real_corpus: tuple[Path, Path]) -> None:
+    from pipeline.train.stream import DatasetReader, first_use_order
+
+    datasets = training_datasets(*real_corpus)
+    order = first_use_order(datasets, [d.entry.weight for d in datasets], seed=5)
+    assert sorted(map(str, (s.path for s in order))) == sorted(str(s.path) for d in datasets for s in d.shards)
+    opened_first = set()
+    for index, dataset in enumerate(datasets):
+        reader = DatasetReader(index, dataset, seed=5, window_rows=500)  # a window within one shard
+        reader.next_row()
+        opened_first.add(dataset.shards[reader._file[0]])
+        reader.discard()
+    assert set(order[: len(datasets)]) == opened_first
