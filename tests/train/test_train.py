@@ -167,3 +167,24 @@ def test_all_minilm_trains_on_the_streamed_real_samples(real_corpus: tuple[Path,
     assert record["resolved"]["loader"] == "stream" and record["result"]["verify_shards"]["verified"] > 0
     model = SentenceTransformer(str(tmp_path / "cached"), device="cpu")
     assert model.encode(["A man is playing a guitar."]).shape == (1, 384)
+
+
+@pytest.mark.slow
+def test_the_1b_batch_of_1024_runs_with_gradcache(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``--batch-size 1024 --loss cached_mnrl``: one batch of 1,024 distinct pairs, embedded 64 rows at a time."""
+    from tests.helpers import write_dataset
+
+    rows = [(f"question {i} about item {i % 97}", f"answer {i} for item {i % 89}") for i in range(1100)]
+    write_dataset(tmp_path / "corpus" / "qa", rows, rows_per_shard=400)
+    config = tmp_path / "dc.json"
+    config.write_text(json.dumps([{"name": "qa", "lines": 1100, "weight": 1}]))
+    log = tmp_path / "log"
+    summary = train_model(
+        tmp_path / "corpus", config, tmp_path / "m",
+        tiny_train_config(tiny_model_dir, batch_size=1024, loss="cached_mnrl", mini_batch_size=64, max_steps=1,
+                          max_seq_length=16, learning_rate=1e-9, batch_log=str(log)),
+    )  # fmt: skip
+    assert summary["steps"] == 1 and summary["examples"] == 1024
+    (batch,) = [json.loads(line) for line in (log / "rank-0.jsonl").read_text().splitlines()]
+    assert len(set(batch["rows"])) == 1024
+    assert summary["loss_first"] > math.log(1024) - 1.0  # an untrained model ranks among all 1,024, not 64
