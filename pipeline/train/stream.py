@@ -15,8 +15,8 @@ order, each shard's row groups in a seeded order, and each row group in slices o
 most ``window_rows`` rows, read in order; consecutive slices are packed into windows
 of at most ``window_rows`` rows (one slice at least). A window is read, its texts
 hashed and its rows put in a seeded random order, and then handed out row by row; the
-next window is read on a background thread meanwhile, so a dataset holds at most two
-windows in memory whatever the corpus size. When a pass ends the next one begins in a
+next window is read on a background thread meanwhile, so a dataset holds two windows
+in memory (three while a batch spans two), whatever the corpus size. When a pass ends the next one begins in a
 new seeded order (a small dataset repeats, as in the 1B project). Every order is a
 function of (seed, dataset, pass, position) alone.
 
