@@ -343,6 +343,12 @@ def _train(args: argparse.Namespace, config: Any, nproc: int | str) -> int:
         f"trained {summary['steps']} steps, {summary['examples']:,} examples, {loss},"
         f" {summary['seconds']:.1f} s{resumed}; model in {summary['out_dir']}"
     )
+    if check := summary.get("verify_shards"):
+        print(
+            f"first step after {summary.get('seconds_to_first_step') or 0:.1f} s; shards: {check['verified']} of"
+            f" {check['shards']} checked by SHA-256 ({check['mode']}, {check['bytes'] / 2**20:,.1f} MiB,"
+            f" {check['hash_seconds']:.2f} s hashing, training waited {check['wait_seconds']:.2f} s for it)"
+        )
     return 0
 
 

@@ -240,8 +240,7 @@ def _add_field_option(group: Any, leaf: _Leaf, path: tuple[str, ...], hint: Any,
         common.setdefault("metavar", "N")
         group.add_argument(*flags, type=_zero_is_none(kind), help=f"{shown}; 0: no limit", **common)
         return
-    if kind is not str:
-        common.setdefault("metavar", kind.__name__.upper())
+    common.setdefault("metavar", kind.__name__.upper() if kind is not str else leaf.name.upper())
     group.add_argument(*flags, type=kind, help=shown, **common)
 
 

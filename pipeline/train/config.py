@@ -12,9 +12,13 @@ from typing import Literal
 
 LossName = Literal["mnrl", "cached_mnrl"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+LoaderName = Literal["stream", "memory"]
+VerifyShards = Literal["background", "upfront", "off"]
 # Fields that change how a run is driven, not what it computes: left out of the run's
-# hash, so a resumed run may save or log at a different rate.
-OPERATIONAL_FIELDS = frozenset({"save_steps", "save_total_limit", "logging_steps", "dataloader_num_workers", "resume"})
+# hash, so a resumed run may save, log or check at a different rate.
+OPERATIONAL_FIELDS = frozenset(
+    {"save_steps", "save_total_limit", "logging_steps", "dataloader_num_workers", "resume", "verify_shards", "batch_log"}
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,25 @@ class TrainConfig:
         save_steps: steps between checkpoints.
         save_total_limit: checkpoints kept.
         logging_steps: steps between logged losses (the first step is always logged).
-        dataloader_num_workers: DataLoader worker processes.
+        dataloader_num_workers: DataLoader worker processes (``memory`` loader; the
+            ``stream`` loader builds batches on a thread of its own).
         resume: continue from the last checkpoint in ``out_dir/checkpoints`` when there is one.
+        loader: ``stream`` (read each dataset a shuffled window at a time: memory bounded
+            whatever the corpus size; under torchrun each global batch is split across
+            the processes) or ``memory`` (every training row in RAM first, batches
+            through sentence-transformers' map-style path; each process draws every
+            N-th batch).
+        shuffle_window: rows of a dataset the ``stream`` loader reads and shuffles
+            together; it holds about two windows a dataset.
+        gather_across_devices: under torchrun with the ``stream`` loader, score each
+            anchor against the candidates of all processes (the whole global batch), as
+            the 1B recipe did across TPU cores, rather than its own process's only.
+        verify_shards: the shards' SHA-256 check: ``background`` (hashed on threads, a
+            shard before its first use), ``upfront`` (all before the first step) or
+            ``off``. Missing and truncated shards are refused before the first step
+            either way.
+        batch_log: a folder where each process appends one JSON line per batch it
+            trains on (batch index, dataset, row numbers); ``stream`` loader only.
     """
 
     model: str | None = None
@@ -72,13 +93,25 @@ class TrainConfig:
     logging_steps: int = 10
     dataloader_num_workers: int = field(default=0, metadata={"flag": "--workers"})
     resume: bool = True
+    loader: LoaderName = "stream"
+    shuffle_window: int = 100_000
+    gather_across_devices: bool = True
+    verify_shards: VerifyShards = "background"
+    batch_log: str | None = field(default=None, metadata={"metavar": "DIR"})
 
     def __post_init__(self) -> None:
         if self.loss not in ("mnrl", "cached_mnrl"):
             raise ValueError(f"loss must be mnrl or cached_mnrl, got {self.loss!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        for name in ("batch_size", "max_seq_length", "save_steps", "logging_steps", "gradient_accumulation_steps", "mini_batch_size"):
+        if self.loader not in ("stream", "memory"):
+            raise ValueError(f"loader must be stream or memory, got {self.loader!r}")
+        if self.verify_shards not in ("background", "upfront", "off"):
+            raise ValueError(f"verify_shards must be background, upfront or off, got {self.verify_shards!r}")
+        if self.batch_log is not None and self.loader != "stream":
+            raise ValueError("batch_log needs the stream loader (loader='stream')")
+        positive = ("batch_size", "shuffle_window", "max_seq_length", "save_steps", "logging_steps")
+        for name in positive + ("gradient_accumulation_steps", "mini_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:

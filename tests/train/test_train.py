@@ -83,17 +83,32 @@ def _kill_at(step: int):
     return KillAt()
 
 
+def _batch_hashes(log_dir: Path) -> dict[int, str]:
+    """Each batch index of a batch log -> the SHA-256 of its dataset and row numbers (the last line wins)."""
+    import hashlib
+
+    hashes = {}
+    for line in (log_dir / "rank-0.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        hashes[record["batch"]] = hashlib.sha256(json.dumps([record["dataset"], record["rows"]]).encode()).hexdigest()
+    return hashes
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("loader", ["stream", "memory"])
 def test_resume_continues_at_the_right_step_with_the_same_data(
-    corpus: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
+    loader: str, corpus: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     import torch
     from safetensors.torch import load_file
 
-    config = tiny_train_config(tiny_model_dir, max_steps=6, save_steps=2)
+    logs = {"batch_log": str(tmp_path / "straight-log")} if loader == "stream" else {}
+    config = tiny_train_config(tiny_model_dir, max_steps=6, save_steps=2, loader=loader, **logs)
     straight = train_model(*corpus, tmp_path / "straight", config)
 
     killed = tmp_path / "killed"
+    if loader == "stream":
+        config = tiny_train_config(tiny_model_dir, max_steps=6, save_steps=2, loader=loader, batch_log=str(tmp_path / "log"))
     with pytest.raises(KeyboardInterrupt):
         train_model(*corpus, killed, config, callbacks=[_kill_at(5)])
     assert sorted(p.name for p in (killed / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -109,7 +124,67 @@ def test_resume_continues_at_the_right_step_with_the_same_data(
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+    if loader == "stream":
+        # every batch, by the hash of its rows: the killed run's, then the resumed run's from checkpoint 4 on
+        assert _batch_hashes(tmp_path / "log") == _batch_hashes(tmp_path / "straight-log")
+        assert len(_batch_hashes(tmp_path / "log")) == 6
 
     # checkpoints of a different run are refused rather than silently mixed
     with pytest.raises(ValueError, match="different run"):
-        train_model(*corpus, killed, tiny_train_config(tiny_model_dir, max_steps=6, save_steps=2, seed=2))
+        train_model(*corpus, killed, tiny_train_config(tiny_model_dir, max_steps=6, save_steps=2, seed=2, loader=loader))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_cut_short_is_passed_over(corpus: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A kill during a save leaves a checkpoint folder without the loader's position: resume from the one before."""
+    from pipeline.train.loader import LOADER_STATE_NAME
+
+    config = tiny_train_config(tiny_model_dir, max_steps=6, save_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(*corpus, tmp_path / "m", config, callbacks=[_kill_at(5)])
+    (tmp_path / "m" / "checkpoints" / "checkpoint-4" / LOADER_STATE_NAME).unlink()
+    resumed = train_model(*corpus, tmp_path / "m", config)
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == 6
+
+
+@pytest.mark.slow
+def test_all_minilm_trains_on_the_streamed_real_samples(real_corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    """The packaged all-MiniLM-L6-v2 on the real samples: MNRL, then GradCache (cached MNRL) on a batch 4x its mini-batch."""
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.train.config import TrainConfig
+
+    common = dict(max_steps=2, warmup_steps=0, max_seq_length=48, device="cpu", seed=3, logging_steps=1, save_steps=100)
+    plain = train_model(*real_corpus, tmp_path / "mnrl", TrainConfig(batch_size=32, learning_rate=1e-9, **common))
+    cached = train_model(
+        *real_corpus, tmp_path / "cached",
+        TrainConfig(batch_size=32, loss="cached_mnrl", mini_batch_size=8, learning_rate=1e-9, **common),
+    )  # fmt: skip
+    assert plain["steps"] == cached["steps"] == 2 and plain["examples"] == 64
+    # the same first batch scored against all 32 candidates either way (mini-batches of 8 would score ~ln 8 lower)
+    assert abs(plain["loss_first"] - cached["loss_first"]) < 0.1, (plain, cached)
+    record = json.loads((tmp_path / "cached" / "train_config.json").read_text())
+    assert record["resolved"]["loader"] == "stream" and record["result"]["verify_shards"]["verified"] > 0
+    model = SentenceTransformer(str(tmp_path / "cached"), device="cpu")
+    assert model.encode(["A man is playing a guitar."]).shape == (1, 384)
+
+
+@pytest.mark.slow
+def test_the_1b_batch_of_1024_runs_with_gradcache(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``--batch-size 1024 --loss cached_mnrl``: one batch of 1,024 distinct pairs, embedded 64 rows at a time."""
+    from tests.helpers import write_dataset
+
+    rows = [(f"question {i} about item {i % 97}", f"answer {i} for item {i % 89}") for i in range(1100)]
+    write_dataset(tmp_path / "corpus" / "qa", rows, rows_per_shard=400)
+    config = tmp_path / "dc.json"
+    config.write_text(json.dumps([{"name": "qa", "lines": 1100, "weight": 1}]))
+    log = tmp_path / "log"
+    summary = train_model(
+        tmp_path / "corpus", config, tmp_path / "m",
+        tiny_train_config(tiny_model_dir, batch_size=1024, loss="cached_mnrl", mini_batch_size=64, max_steps=1,
+                          max_seq_length=16, learning_rate=1e-9, batch_log=str(log)),
+    )  # fmt: skip
+    assert summary["steps"] == 1 and summary["examples"] == 1024
+    (batch,) = [json.loads(line) for line in (log / "rank-0.jsonl").read_text().splitlines()]
+    assert len(set(batch["rows"])) == 1024
+    assert summary["loss_first"] > math.log(1024) - 1.0  # an untrained model ranks among all 1,024, not 64

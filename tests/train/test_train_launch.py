@@ -130,9 +130,9 @@ def test_only_the_main_process_writes_model_files(tmp_path: Path) -> None:
     """sentence-transformers' _save has no main-process check, and transformers 5 calls it on every rank."""
     from types import SimpleNamespace
 
-    from pipeline.train.task import _rank_zero_saving_trainer_class
+    from pipeline.train.task import _trainer_class
 
-    trainer = object.__new__(_rank_zero_saving_trainer_class())
+    trainer = object.__new__(_trainer_class())
     trainer.args = SimpleNamespace(should_save=False)  # rank 1 of a torchrun launch
     trainer._save(str(tmp_path / "rank1"))
     assert not (tmp_path / "rank1").exists()
@@ -146,12 +146,17 @@ def test_only_the_main_process_writes_model_files(tmp_path: Path) -> None:
 def test_torchrun_two_cpu_processes_train_the_tiny_model(
     corpus: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """A real torchrun launch: 2 CPU processes (gloo), 4 steps, each process drawing every other batch."""
+    """A real torchrun launch: 2 CPU processes (gloo), 4 steps, each process training on half of each global batch.
+
+    The two processes' rows at each step are, together, the rows one process with the
+    same global batch (16) trains on, all from the dataset that process draws.
+    """
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "model"
     lines: list[str] = []
-    summary = launch_training(*corpus, out, tiny_train_config(tiny_model_dir, max_steps=4), nproc=2, log=lines.append)
+    config = tiny_train_config(tiny_model_dir, max_steps=4, batch_log=str(tmp_path / "log-2"))
+    summary = launch_training(*corpus, out, config, nproc=2, log=lines.append)
 
     assert summary["processes"] == 2 and summary["steps"] == 4 and not summary["skipped"]
     assert summary["examples"] == 4 * 8 * 2  # steps x per-device batch x processes
@@ -163,6 +168,19 @@ def test_torchrun_two_cpu_processes_train_the_tiny_model(
     # the output was streamed; rank 0 alone reports the run
     assert lines[0].startswith("training with 2 processes: ")
     assert sum(line.startswith("trained 4 steps") for line in lines) == 1
+    assert record["resolved"]["gather_across_devices"] and record["resolved"]["global_batch_size"] == 16
+
+    one = tiny_train_config(tiny_model_dir, max_steps=4, batch_size=16, batch_log=str(tmp_path / "log-1"))
+    launch_training(*corpus, tmp_path / "one", one, nproc=1)
+    rank0, rank1, alone = (_batches(tmp_path / log) for log in ("log-2/rank-0.jsonl", "log-2/rank-1.jsonl", "log-1/rank-0.jsonl"))
+    assert len(alone) == 4 and [len(b["rows"]) for b in rank0 + rank1] == [8] * 8
+    for a, b, whole in zip(rank0, rank1, alone):
+        assert a["dataset"] == b["dataset"] == whole["dataset"]
+        assert a["rows"] + b["rows"] == whole["rows"] and len(set(whole["rows"])) == 16
+
+
+def _batches(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_torchrun_failure_names_the_exit_code_and_the_cause(tmp_path: Path) -> None:
