@@ -394,6 +394,63 @@ def _evaluate(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
+# --- ablate (flow) ----------------------------------------------------------------
+def _add_ablate(sub: Any) -> None:
+    from flows.sources_file import DEFAULT_SOURCES_FILE
+    from pipeline.ablate import AblationConfig
+
+    parser = sub.add_parser(
+        "ablate",
+        help="train every variant of the recipe (naive ... filtered) per seed and report what each step buys (Prefect flow)",
+        description="Build the corpora from --sources, train the same start model for the same steps on each variant"
+        " (naive, clean, mined-naive, mined-percpos, weighted, filtered) once per seed, score each on the same"
+        " benchmarks, and write report.md, report.json and ablation.png to --out (docs/ablation.md).",
+    )
+    parser.add_argument("--sources", type=Path, default=DEFAULT_SOURCES_FILE, metavar="FILE",
+                        help="JSON list of {source, inputs} (default: the bundled examples/sources.json)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("ablation"), help="the ablation folder (default: %(default)s)")
+    _add_wait(parser)
+    add_config_options(parser, AblationConfig, title="ablation options")
+    parser.set_defaults(run=_run_ablate)
+
+
+def _run_ablate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from flows.sources_file import absolute_path, read_sources_file
+    from pipeline.ablate import AblationConfig
+    from pipeline.embed.models import resolve_model_path
+    from pipeline.ingest.plan import check_inputs
+
+    config = config_from_args(args, AblationConfig)
+    sources = read_sources_file(args.sources)
+    for entry in sources:
+        check_inputs(entry["source"], entry["inputs"])
+    if config.model:
+        resolve_model_path(config.model)
+    for kind, paths in (("STSb file", config.stsb), ("NLI benchmark input", config.nli)):
+        missing = [p for p in paths if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{kind} not found: {', '.join(missing)}")
+    options = dataclasses.asdict(config)
+    for name in ("stsb", "nli"):
+        options[name] = [absolute_path(p) for p in options[name]]
+    if config.model:
+        options["model"] = absolute_path(config.model)
+    _prefect_defaults()
+    return _locked(args.out, args, lambda: _ablate(sources, args, options))
+
+
+def _ablate(sources: list[dict[str, Any]], args: argparse.Namespace, options: dict[str, Any]) -> int:
+    from flows.ablate import pairforge_ablate
+    from pipeline.ablate.report import report_markdown
+
+    report = pairforge_ablate(sources=sources, out_dir=str(args.out), options=options, wait_for_lock=args.wait)
+    print("", "== pairforge ablate summary ==", report_markdown(report).rstrip(), "", f"report: {args.out}/report.md,"
+          f" {args.out}/report.json, {args.out}/ablation.png", sep="\n")  # fmt: skip
+    return 0
+
+
 # --- run and verify (flows) -------------------------------------------------------
 def _add_run(sub: Any) -> None:
     from flows.sources_file import DEFAULT_SOURCES_FILE
@@ -588,7 +645,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 # --- the command ------------------------------------------------------------------
 COMMANDS: list[Callable[[Any], None]] = [
-    _add_ingest, _add_mine, _add_curate, _add_config, _add_train, _add_evaluate, _add_run, _add_verify,
+    _add_ingest, _add_mine, _add_curate, _add_config, _add_train, _add_evaluate, _add_ablate, _add_run, _add_verify,
 ]  # fmt: skip
 
 

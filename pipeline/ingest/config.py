@@ -76,6 +76,9 @@ class IngestConfig:
         data = dataclasses.asdict(self)
         for name in self.UNRECORDED:
             del data[name]
+        if data["filters"]["clean_text"]:
+            # recorded only when off: cleaning is the default every manifest assumes
+            del data["filters"]["clean_text"]
         data["source"] = source
         data["source_options"] = dataclasses.asdict(source_options(source, self.source_options))
         return data

@@ -198,11 +198,15 @@ class TextFilters:
         min_chars: texts shorter than this are dropped (``too_short``).
         max_chars: texts longer than this are dropped (``too_long``).
         drop_anchor_equals_positive: drop pairs whose anchor equals the positive.
+        clean_text: clean the texts (the module's four steps) before the filters; off, the
+            texts are kept exactly as the source gave them (``pairforge ablate``'s
+            ``naive`` variant: the pairs as a user gets them without pairforge).
     """
 
     min_chars: int = 2
     max_chars: int = 4000
     drop_anchor_equals_positive: bool = field(default=True, metadata={"flag": "--keep-equal-pairs"})
+    clean_text: bool = True
 
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
@@ -235,7 +239,9 @@ def clean_and_filter(frame: pl.DataFrame, filters: TextFilters) -> pl.DataFrame:
     if "drop_reason" not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("drop_reason"))
     pending = frame.get_column("drop_reason").is_null()
-    if pending.all():
+    if not filters.clean_text:
+        pass  # the texts as the source gave them; the filters still apply
+    elif pending.all():
         for column in texts:
             frame = normalize_column(frame, column)
     elif pending.any():
