@@ -13,6 +13,14 @@ from tests.helpers import EXAMPLES, build_tiny_model
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
+def ablate_args(out, model) -> list[str]:
+    return [
+        "ablate", "--sources", str(EXAMPLES / "sources.json"), "--out", str(out), "--model", str(model),
+        "--max-steps", "2", "--batch-size", "4", "--warmup-steps", "0", "--seeds", "1,2", "--min-rows", "1",
+        "--heldout-fraction", "0.3", "--device", "cpu",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def prefect_harness():
     """Prefect's test harness for this module (the default 30 s start-up is too short on a busy 2-core machine)."""
@@ -27,11 +35,7 @@ def ablation(prefect_harness, tmp_path_factory):
     work = tmp_path_factory.mktemp("ablate")
     model = build_tiny_model(work / "tiny")
     out = work / "out"
-    code = main([
-        "ablate", "--sources", str(EXAMPLES / "sources.json"), "--out", str(out), "--model", str(model),
-        "--max-steps", "2", "--batch-size", "4", "--warmup-steps", "0", "--seeds", "1,2", "--min-rows", "1",
-        "--heldout-fraction", "0.3", "--device", "cpu",
-    ])  # fmt: skip
+    code = main(ablate_args(out, model))
     assert code == 0
     return out, json.loads((out / "report.json").read_text()), model
 
@@ -72,11 +76,7 @@ def test_variants_share_their_stages(ablation):
 def test_a_rerun_reuses_every_stage_and_run(ablation, capsys):
     out, report, model = ablation
     before = {p: p.stat().st_mtime_ns for p in out.rglob("scores.json")}
-    code = main([
-        "ablate", "--sources", str(EXAMPLES / "sources.json"), "--out", str(out), "--model", str(model),
-        "--max-steps", "2", "--batch-size", "4", "--warmup-steps", "0", "--seeds", "1,2", "--min-rows", "1",
-        "--heldout-fraction", "0.3", "--device", "cpu",
-    ])  # fmt: skip
+    code = main(ablate_args(out, model))
     assert code == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("scores.json")} == before
     assert json.loads((out / "report.json").read_text()) == report
