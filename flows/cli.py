@@ -417,21 +417,11 @@ def _add_ablate(sub: Any) -> None:
 def _run_ablate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from flows.sources_file import absolute_path, read_sources_file
+    from flows.sources_file import absolute_path
     from pipeline.ablate import AblationConfig
-    from pipeline.embed.models import resolve_model_path
-    from pipeline.ingest.plan import check_inputs
 
     config = config_from_args(args, AblationConfig)
-    sources = read_sources_file(args.sources)
-    for entry in sources:
-        check_inputs(entry["source"], entry["inputs"])
-    if config.model:
-        resolve_model_path(config.model)
-    for kind, paths in (("STSb file", config.stsb), ("NLI benchmark input", config.nli)):
-        missing = [p for p in paths if not Path(p).exists()]
-        if missing:
-            raise FileNotFoundError(f"{kind} not found: {', '.join(missing)}")
+    sources = _checked_inputs(args.sources, config.model, config.stsb, config.nli)
     options = dataclasses.asdict(config)
     for name in ("stsb", "nli"):
         options[name] = [absolute_path(p) for p in options[name]]
@@ -481,6 +471,29 @@ def _add_run(sub: Any) -> None:
     parser.set_defaults(run=_run_run)
 
 
+def _checked_inputs(sources_file: Path, model: str | None, stsb: Sequence[str], nli: Sequence[str]) -> list[dict[str, Any]]:
+    """The sources of ``sources_file``, every input, the model and the benchmark files checked to exist and fit.
+
+    Raises:
+        FileNotFoundError: a sources file, input, model or benchmark file that does not exist.
+        ValueError: an unknown source or an input the source does not read.
+    """
+    from flows.sources_file import read_sources_file
+    from pipeline.embed.models import resolve_model_path
+    from pipeline.ingest.plan import check_inputs
+
+    sources = read_sources_file(sources_file)
+    for entry in sources:
+        check_inputs(entry["source"], entry["inputs"])
+    if model:
+        resolve_model_path(model)
+    for kind, paths in (("STSb file", stsb), ("NLI benchmark input", nli)):
+        missing = [p for p in paths if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{kind} not found: {', '.join(missing)}")
+    return sources
+
+
 def _run_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The parent flow's parameters for the parsed ``run`` options, every input checked.
 
@@ -488,19 +501,9 @@ def _run_parameters(args: argparse.Namespace) -> dict[str, Any]:
     missing or misplaced input, a model or benchmark file that does not exist) is
     checked here, so that it is one line on stderr and not a failed flow run.
     """
-    from flows.sources_file import absolute_path, read_sources_file
-    from pipeline.embed.models import resolve_model_path
-    from pipeline.ingest.plan import check_inputs
+    from flows.sources_file import absolute_path
 
-    sources = read_sources_file(args.sources)
-    for entry in sources:
-        check_inputs(entry["source"], entry["inputs"])
-    if args.model:
-        resolve_model_path(args.model)
-    for kind, paths in (("STSb file", args.stsb), ("NLI benchmark input", args.nli)):
-        missing = [p for p in paths if not Path(p).exists()]
-        if missing:
-            raise FileNotFoundError(f"{kind} not found: {', '.join(missing)}")
+    sources = _checked_inputs(args.sources, args.model, args.stsb, args.nli)
     device = {"device": args.device} if args.device else {}
     model = {"model": absolute_path(args.model)} if args.model else {}
     return {

@@ -348,6 +348,7 @@ def run_ablation(
         print(report["verdict"]["text"])
     """
     from pipeline.ablate.report import write_ablation_report
+    from pipeline.embed.models import resolve_model_path
     from pipeline.evaluate.benchmarks import load_benchmarks
 
     paths = AblationPaths(Path(out_dir))
@@ -360,8 +361,6 @@ def run_ablation(
         write_variant_config(variant, datasets[variant], paths, config)
     evaluation = eval_config(paths, config)
     benchmarks = load_benchmarks(evaluation)
-    from pipeline.embed.models import resolve_model_path
-
     base = score_model_dir(resolve_model_path(config.model), paths.base_dir, benchmarks, evaluation, config.min_rows, echo)
     scores: dict[str, dict[int, dict[str, Any]]] = {}
     trained: dict[str, dict[int, dict[str, Any]]] = {}

@@ -1,4 +1,4 @@
-"""Mining split over workers (issue 7): prepare, encode slices anywhere, finish once.
+"""Mining split over workers: prepare, encode slices anywhere, finish once.
 
 The split path must write the same bytes as the single-process ``mine_negatives``:
 the encoding plan is cut into batches before it is cut into slices, so a text is
