@@ -54,11 +54,11 @@ def train_variant(variant: str, seed: int, paths: Any, config: Any) -> dict[str,
 
 
 @task(name="ablate-score", task_run_name="score-{name}", cache_policy=NO_CACHE)
-def score_model(name: str, model_dir: Path, out_dir: Path, benchmarks: Any, evaluation: Any, min_rows: int) -> dict[str, Any]:
+def score_model(name: str, model_dir: Path, out_dir: Path, benchmarks: Any, evaluation: Any) -> dict[str, Any]:
     """Score one model on the shared benchmarks (:func:`pipeline.ablate.run.score_model_dir`)."""
     from pipeline.ablate.run import score_model_dir
 
-    return score_model_dir(model_dir, out_dir, benchmarks, evaluation, min_rows, get_run_logger().info)
+    return score_model_dir(model_dir, out_dir, benchmarks, evaluation, get_run_logger().info)
 
 
 @flow(name="pairforge-ablate", log_prints=True, timeout_seconds=ABLATE_TIMEOUT_S)
@@ -97,13 +97,13 @@ def pairforge_ablate(
         progress.advance("prepare")
         evaluation = eval_config(paths, config)
         benchmarks = load_benchmarks(evaluation)
-        base = score_model("start-model", resolve_model_path(config.model), paths.base_dir, benchmarks, evaluation, config.min_rows)
+        base = score_model("start-model", resolve_model_path(config.model), paths.base_dir, benchmarks, evaluation)
         scores: dict[str, dict[int, dict[str, Any]]] = {}
         trained: dict[str, dict[int, dict[str, Any]]] = {}
         for variant, seed in runs:
             trained.setdefault(variant, {})[seed] = train_variant(variant, seed, paths, config)
             run = paths.run_dir(variant, seed)
-            scores.setdefault(variant, {})[seed] = score_model(f"{variant}-seed-{seed}", run / "model", run, benchmarks, evaluation, config.min_rows)
+            scores.setdefault(variant, {})[seed] = score_model(f"{variant}-seed-{seed}", run / "model", run, benchmarks, evaluation)
             progress.advance(f"{variant}/seed-{seed}")
         report = write_ablation_report(paths, config, datasets, scores, base, trained)
         progress.advance("report")

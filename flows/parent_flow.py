@@ -278,13 +278,15 @@ def _pipeline(
         summary["model_dir"] = str(model_dir)
         progress.advance("train")
     if stop_after == "evaluate":
-        from pipeline.evaluate.report import report_markdown
+        from pipeline.evaluate.report import key_figures, report_markdown
 
         # The baseline is the model training started from (None: the packaged default).
         baseline_dir = (training or {}).get("model")
         report = _evaluate_stage(paths, model_dir, report_dir, baseline_dir, evaluation, evaluate_deployment, wait)
         summary["report_dir"] = str(report_dir)
-        summary["evaluation"] = {"verdict": report["summary"]["verdict"], "markdown": report_markdown(report)}
+        summary["evaluation"] = {
+            "verdict": report["summary"]["verdict"], "key_figures": key_figures(report), "markdown": report_markdown(report),
+        }  # fmt: skip
         progress.advance("evaluate")
     logger.info("pipeline finished: %d datasets, %d mined, config %s", len(datasets), len(mined), paths["data_config"])
     return summary

@@ -40,6 +40,8 @@ class AblationConfig:
         nli: further NLI inputs to score triplet accuracy on (the corpus's own held-out
             NLI triplets always are).
         max_heldout_rows: held-out rows read per dataset for the held-out benchmarks.
+        max_distractors: corpus texts added as distractors to the pooled held-out
+            retrieval task (each costs an encoding per scored model).
         min_rows: a figure resting on fewer rows than this is left out.
         spread: a difference between two variants is real only when it exceeds this
             many times the larger of their seed standard deviations.
@@ -60,6 +62,7 @@ class AblationConfig:
     stsb: tuple[str, ...] = ()
     nli: tuple[str, ...] = ()
     max_heldout_rows: int = 2000
+    max_distractors: int = 5000
     min_rows: int = 100
     spread: float = 2.0
     device: str | None = None
@@ -83,7 +86,7 @@ class AblationConfig:
         object.__setattr__(self, "seeds", seeds)
         for name in ("stsb", "nli"):
             object.__setattr__(self, name, tuple(str(p) for p in getattr(self, name)))
-        for name in ("max_steps", "batch_size", "max_seq_length", "max_heldout_rows", "min_rows"):
+        for name in ("max_steps", "batch_size", "max_seq_length", "max_heldout_rows", "max_distractors", "min_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup_steps < 0:

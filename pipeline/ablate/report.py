@@ -18,6 +18,8 @@ from pipeline.ablate.compare import compare, summarize
 from pipeline.ablate.config import AblationConfig
 from pipeline.ablate.plan import VARIANTS, step_base
 from pipeline.corpus.files import atomic_write_bytes, atomic_write_json, config_hash
+from pipeline.evaluate.heldout import POOLED_RETRIEVAL, POOLED_TRIPLETS
+from pipeline.evaluate.report import metric_label, metric_unit
 from pipeline.plots import png_bytes, pyplot
 
 REPORT_NAME = "report.json"
@@ -28,23 +30,12 @@ REFERENCE = "naive"
 
 
 def headline_metrics(names: list[str]) -> list[str]:
-    """The metrics the table and plot show: STSb Spearman, NLI triplet accuracy, held-out retrieval nDCG@10."""
+    """The metrics the table and plot show: STSb Spearman, NLI triplet accuracy, pooled held-out retrieval
+    nDCG@10 and held-out triplet accuracy."""
     stsb = [n for n in names if n.startswith("stsb/") and n.endswith("/spearman_cosine")]
     nli = [n for n in names if n.startswith("nli/") and n.endswith("/triplet_accuracy")]
-    retrieval = [n for n in names if n.startswith("retrieval/") and n.endswith("/ndcg@10")]
-    return stsb + nli + retrieval
-
-
-def metric_label(name: str) -> str:
-    """A metric's name in words: ``stsb/sts-dev/spearman_cosine`` -> ``STSb sts-dev Spearman``."""
-    parts = name.split("/")
-    if parts[0] == "stsb":
-        return f"STSb {parts[1]} Spearman"
-    if parts[0] == "nli":
-        return f"NLI {parts[1]} triplet accuracy"
-    if parts[0] == "retrieval":
-        return f"{parts[1]} retrieval {parts[2].replace('ndcg', 'nDCG').replace('mrr', 'MRR')}"
-    return name
+    heldout = [n for n in (f"{POOLED_RETRIEVAL}/ndcg@10", POOLED_TRIPLETS) if n in names]
+    return stsb + nli + heldout
 
 
 def _verdict(summary: Mapping[str, Any], metrics: list[str], recipe: str, spread: float) -> dict[str, Any]:
@@ -135,7 +126,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "",
         report["verdict"].get("text", ""),
         "",
-        "| variant | adds | " + " | ".join(f"{metric_label(m)} ({report['rows'].get(m) or '?'} rows)" for m in metrics) + " |",
+        "| variant | adds | " + " | ".join(f"{metric_label(m)} ({report['rows'].get(m) or 0:,} {metric_unit(m)})" for m in metrics) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in metrics) + " |",
         "| start model | (not trained) | " + " | ".join(_num(report["base_model"]["metrics"].get(m)) for m in metrics) + " |",
     ]
@@ -208,7 +199,7 @@ def write_ablation_report(
     atomic_write_bytes(out / MARKDOWN_NAME, report_markdown(report).encode("utf-8"))
     atomic_write_bytes(out / PLOT_NAME, ablation_plot(report))
     timings = {
-        v: {str(s): {k: run.get(k) for k in ("seconds", "steps", "loss_first", "loss_last", "skipped")} for s, run in seeds.items()}
+        v: {str(s): {k: run.get(k) for k in ("train_seconds", "steps", "loss_first", "loss_last", "skipped")} for s, run in seeds.items()}
         for v, seeds in trained.items()
     }
     atomic_write_json(out / TIMINGS_NAME, timings)

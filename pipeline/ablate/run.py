@@ -7,7 +7,7 @@ and an :class:`~pipeline.ablate.config.AblationConfig`. Out, under the folder::
     corpus/             pairforge's ingest, its mined versions (``<d>-mined-naive``,
                         ``<d>-mined-percpos``) and curated versions
     configs/<v>.json    each variant's data_config.json (and its .meta.json)
-    runs/<v>/seed-<s>/  model/ and scores.json of each training run
+    runs/<v>/seed-<s>/  model/, scores.json and timing.json of each training run
     base/scores.json    the start model's scores
     cache/              the embedding cache mining and curation share
     report.json, report.md, ablation.png
@@ -21,9 +21,10 @@ benchmarks. :func:`run_ablation` runs the units in order in this process; the
 ``pairforge-ablate`` flow (flows/ablate.py) runs the same units as tasks.
 
 Every variant is scored on the same benchmarks: the user's STSb files, the held-out
-NLI triplets of the clean corpus (and further NLI inputs), and held-out retrieval per
-clean dataset (:mod:`pipeline.evaluate`); a figure resting on fewer than
-``min_rows`` rows is left out.
+NLI triplets of the clean corpus (and further NLI inputs), and the clean corpus's
+held-out rows pooled into one retrieval task (the corpus's training texts as
+distractors) and one triplet task (BM25-mined negatives) (:mod:`pipeline.evaluate`);
+a figure resting on fewer than ``min_rows`` rows is left out.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pipeline.corpus.schema import negative_columns
 
 Echo = Callable[[str], Any]
 SCORES_NAME = "scores.json"
+TIMING_NAME = "timing.json"
 CURATED_BEFORE_MINING = ("decontaminate", "consistency")
 CURATED_AFTER_MINING = ("rescore",)
 
@@ -258,11 +260,21 @@ def train_config(config: AblationConfig, seed: int) -> Any:
 
 
 def train_variant(variant: str, seed: int, paths: AblationPaths, config: AblationConfig) -> dict[str, Any]:
-    """Train the variant once with ``seed`` (skipped when that run finished already)."""
+    """Train the variant once with ``seed`` (skipped when that run finished already).
+
+    The summary's ``train_seconds`` is what the training took when it ran (kept in the
+    run's ``timing.json``), a skipped run's included.
+    """
     from pipeline.train.task import train_model
 
     corpus = paths.corpus_of(VARIANTS[variant])
-    return train_model(corpus, paths.data_config(variant), paths.run_dir(variant, seed) / "model", train_config(config, seed))
+    run = paths.run_dir(variant, seed)
+    summary = train_model(corpus, paths.data_config(variant), run / "model", train_config(config, seed))
+    timing = run / TIMING_NAME
+    if not summary.get("skipped") or not timing.is_file():
+        atomic_write_json(timing, {"config_hash": summary["config_hash"], "train_seconds": summary["seconds"] or None})
+    recorded = json.loads(timing.read_text(encoding="utf-8"))
+    return summary | {"train_seconds": recorded["train_seconds"] if recorded.get("config_hash") == summary["config_hash"] else None}
 
 
 def eval_config(paths: AblationPaths, config: AblationConfig) -> Any:
@@ -273,31 +285,18 @@ def eval_config(paths: AblationPaths, config: AblationConfig) -> Any:
     nli = tuple(str(paths.corpus / n) for n in heldout_triplet_datasets(paths.corpus)) + config.nli
     return EvalConfig(
         stsb=config.stsb, nli=nli, corpus=str(paths.corpus), datasets=datasets or None,
-        max_heldout_rows=config.max_heldout_rows, device=config.device, show_progress=False,
+        max_heldout_rows=config.max_heldout_rows, max_distractors=config.max_distractors, min_rows=config.min_rows,
+        device=config.device, show_progress=False,
     )  # fmt: skip
 
 
-def metric_rows(benchmarks: Any) -> dict[str, int]:
-    """How many rows each metric :func:`pipeline.evaluate.task.score_model` gives rests on (pairs, triplets, queries)."""
-    from pipeline.evaluate.metrics import retrieval_task
-
-    rows = {f"stsb/{p.name}/spearman_cosine": len(p.scores) for p in benchmarks.stsb}
-    rows |= {f"nli/{t.name}/triplet_accuracy": len(t.anchors) for t in benchmarks.nli}
-    for pairs in benchmarks.heldout:
-        queries = len(retrieval_task(pairs.anchors, pairs.positives)[0])
-        rows |= {f"retrieval/{pairs.name}/{m}": queries for m in ("mrr@10", "ndcg@10", "recall@1", "recall@10")}
-    return rows
-
-
-def score_model_dir(
-    model_dir: Path, out_dir: Path, benchmarks: Any, evaluation: Any, min_rows: int = 1, echo: Echo | None = None
-) -> dict[str, Any]:
+def score_model_dir(model_dir: Path, out_dir: Path, benchmarks: Any, evaluation: Any, echo: Echo | None = None) -> dict[str, Any]:
     """Score one model into ``out_dir/scores.json`` (skipped when it holds this model's scores).
 
-    Figures resting on fewer than ``min_rows`` rows are left out.
+    Figures resting on fewer than the evaluation's ``min_rows`` rows are left out.
     """
     from pipeline.embed.models import load_encoder, model_fingerprint
-    from pipeline.evaluate.task import score_model
+    from pipeline.evaluate.task import metric_rows, score_model
 
     fingerprint = model_fingerprint(model_dir)
     benchmarks_hash = config_hash(evaluation.as_dict())
@@ -308,7 +307,7 @@ def score_model_dir(
             return found
     model = load_encoder(model_dir, device=evaluation.device)
     rows = metric_rows(benchmarks)
-    metrics = {k: v for k, v in score_model(model, benchmarks, evaluation).items() if rows.get(k, 0) >= min_rows}
+    metrics = {k: v for k, v in score_model(model, benchmarks, evaluation).items() if rows.get(k, 0) >= evaluation.min_rows}
     del model
     scores = {
         "model": str(model_dir), "model_fingerprint": fingerprint, "eval_config_hash": benchmarks_hash,
@@ -361,7 +360,7 @@ def run_ablation(
         write_variant_config(variant, datasets[variant], paths, config)
     evaluation = eval_config(paths, config)
     benchmarks = load_benchmarks(evaluation)
-    base = score_model_dir(resolve_model_path(config.model), paths.base_dir, benchmarks, evaluation, config.min_rows, echo)
+    base = score_model_dir(resolve_model_path(config.model), paths.base_dir, benchmarks, evaluation, echo)
     scores: dict[str, dict[int, dict[str, Any]]] = {}
     trained: dict[str, dict[int, dict[str, Any]]] = {}
     for variant in config.variants:
@@ -369,5 +368,5 @@ def run_ablation(
             say(f"ablation: train {variant}, seed {seed} ({config.max_steps} steps)")
             trained.setdefault(variant, {})[seed] = train_variant(variant, seed, paths, config)
             run = paths.run_dir(variant, seed)
-            scores.setdefault(variant, {})[seed] = score_model_dir(run / "model", run, benchmarks, evaluation, config.min_rows, echo)
+            scores.setdefault(variant, {})[seed] = score_model_dir(run / "model", run, benchmarks, evaluation, echo)
     return write_ablation_report(paths, config, datasets, scores, base, trained)

@@ -4,8 +4,9 @@ In: the original STS benchmark files (tab separated, quoting off), NLI inputs
 (SNLI/MultiNLI JSON lines or the SentEval ``s1/s2/labels`` layout, read by the same
 reader the ``nli`` source ingests with, or a corpus dataset folder of triplets) and a
 built corpus whose dataset folders carry a ``heldout/`` split. Out: :class:`Benchmarks`:
-scored pairs, triplets and held-out pairs, each with what its reader dropped, by
-reason, so every figure traces back to rows.
+scored pairs, triplets and the corpus's held-out rows pooled into one retrieval and
+one triplet task (:mod:`pipeline.evaluate.heldout`), each with what its reader
+dropped, by reason, so every figure traces back to rows.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pipeline.corpus.folders import dataset_folder, discover_datasets
 from pipeline.corpus.manifest import MANIFEST_NAME, DropTally
 from pipeline.corpus.shards import HELDOUT_DIR, shard_paths
 from pipeline.evaluate.config import EvalConfig
+from pipeline.evaluate.heldout import PooledHeldout, load_pooled_heldout
 from pipeline.ingest.sources import nli
 from pipeline.io.errors import InputFileError
 
@@ -320,7 +322,7 @@ class Benchmarks:
 
     stsb: list[ScoredPairs]
     nli: list[Triplets]
-    heldout: list[HeldoutPairs]
+    heldout: PooledHeldout | None = None
 
 
 def load_benchmarks(config: EvalConfig) -> Benchmarks:
@@ -335,11 +337,11 @@ def load_benchmarks(config: EvalConfig) -> Benchmarks:
             raise FileNotFoundError(f"{kind} not found: {', '.join(missing)}")
     stsb = [read_stsb(path) for path in config.stsb]
     triplets = [read_nli_input(path, max_rows=config.max_heldout_rows) for path in config.nli]
-    heldout = []
+    heldout = None
     if config.corpus:
-        for name, folder in corpus_datasets(config.corpus, config.datasets):
-            heldout.append(read_heldout_pairs(folder, name, config.max_heldout_rows))
-    for group in (stsb, triplets, heldout):
+        datasets = corpus_datasets(config.corpus, config.datasets)
+        heldout = load_pooled_heldout(config.corpus, datasets, config.max_heldout_rows, config.max_distractors)
+    for group in (stsb, triplets):
         _make_names_unique(group)
     return Benchmarks(stsb=stsb, nli=triplets, heldout=heldout)
 

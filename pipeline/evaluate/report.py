@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pipeline.corpus.files import atomic_write_bytes, atomic_write_json
 from pipeline.plots import png_bytes, pyplot
@@ -32,25 +32,89 @@ def _number(value: float | None, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
+def key_figures(report: Mapping[str, Any]) -> str:
+    """The one or two figures that say most, in a sentence: model, baseline, delta and the rows behind each."""
+    by_name = {row["name"]: row for row in report["metrics"]}
+    parts = []
+    for name in report["summary"].get("key_metrics", []):
+        row = by_name[name]
+        parts.append(
+            f"{metric_label(name)} {_number(row['model'])} (baseline {_number(row['baseline'])},"
+            f" {_number(row['delta'], signed=True)}{_interval_words(row)}; {row['rows']:,} {metric_unit(name)})"
+        )
+    if not parts:
+        return f"No figure rests on {report['summary'].get('min_rows', 1):,} rows or more: give --stsb/--nli files or a larger held-out split."
+    return "; ".join(parts)
+
+
+def _interval_words(row: Mapping[str, Any]) -> str:
+    interval = row.get("interval")
+    if interval is None or row.get("delta") is None:
+        return ""
+    within = interval[0] <= 0 <= interval[1]
+    return f", 95% interval {interval[0]:+.4f} to {interval[1]:+.4f}: {'within noise' if within else 'beyond noise'}"
+
+
+def metric_label(name: str) -> str:
+    """A metric's name in words: ``heldout/retrieval/ndcg@10`` -> ``pooled held-out retrieval nDCG@10``."""
+    parts = name.split("/")
+    measure = parts[-1].replace("ndcg", "nDCG").replace("mrr", "MRR").replace("recall", "R")
+    if name.startswith("heldout/retrieval/"):
+        return f"pooled held-out retrieval {measure}"
+    if name == "heldout/triplet_accuracy":
+        return "held-out triplet accuracy (BM25 negatives)"
+    if parts[0] == "stsb":
+        return f"STSb {parts[1]} Spearman"
+    if parts[0] == "nli":
+        return f"NLI {parts[1]} triplet accuracy"
+    if parts[0] == "retrieval":
+        return f"{'/'.join(parts[1:-1])} retrieval {measure}"
+    return name
+
+
+def metric_unit(name: str) -> str:
+    """What a metric's rows are: ``pairs``, ``triplets`` or ``queries``."""
+    if name.startswith("stsb/"):
+        return "pairs"
+    return "triplets" if name.endswith("triplet_accuracy") else "queries"
+
+
+def left_out_text(left_out: Sequence[Mapping[str, Any]]) -> str:
+    """The left-out figures with their rows, a dataset's four retrieval figures as one ``retrieval/<dataset>/*``."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for item in left_out:
+        prefix = item["name"].rsplit("/", 1)[0] if item["name"].count("/") >= 2 else item["name"]
+        groups.setdefault((prefix, item["rows"]), []).append(item["name"])
+    return ", ".join(
+        f"`{names[0]}` ({rows})" if len(names) == 1 else f"`{prefix}/*` ({rows})" for (prefix, rows), names in groups.items()
+    )
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
-    """The report as Markdown: a verdict line and a table of model, baseline and delta per metric."""
+    """The report as Markdown: the key figures, a verdict line and a table of model, baseline and delta per metric."""
     summary = report["summary"]
     lines = [
         "# Evaluation report",
         "",
         f"- model: `{report['model']['path']}`",
         f"- baseline: `{report['baseline']['path']}` ({report['baseline']['source']})",
-        f"- verdict: **{summary['verdict']}** (a drop of more than {summary['tolerance']} in any metric counts as worse)",
+        f"- figures that matter: {key_figures(report)}",
+        f"- verdict: **{summary['verdict']}** (a drop of more than {summary['tolerance']} in any metric counts as worse;"
+        " a change whose 95% paired interval holds zero counts as neither)",
         "",
-        "| metric | model | baseline | delta |",
-        "| --- | ---: | ---: | ---: |",
+        "| metric | rows | model | baseline | delta | 95% interval of delta |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in report["metrics"]:
+        interval = row.get("interval")
         lines.append(
-            f"| {row['name']} | {_number(row['model'])} | {_number(row['baseline'])} | {_number(row['delta'], signed=True)} |"
+            f"| {row['name']} | {row['rows'] or '?'} | {_number(row['model'])} | {_number(row['baseline'])}"
+            f" | {_number(row['delta'], signed=True)} | {f'{interval[0]:+.4f} to {interval[1]:+.4f}' if interval else ''} |"
         )
     if summary["regressed"]:
         lines += ["", "Regressed beyond tolerance: " + ", ".join(f"`{name}`" for name in summary["regressed"])]
+    if report.get("left_out"):
+        lines += ["", f"Left out, resting on fewer than {summary.get('min_rows', 1):,} rows: {left_out_text(report['left_out'])}."]
     benchmarks = report["benchmarks"]
     lines += ["", "## Data", ""]
     for item in benchmarks["stsb"]:
@@ -60,10 +124,14 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             f"- NLI `{item['name']}` ({item['format']}): {item['triplets']} triplets from {item['pairs']} labelled pairs"
             f" ({item['rows_read']} rows read), dropped {item['dropped'] or 'none'}"
         )
-    for item in benchmarks["retrieval"]:
+    heldout = benchmarks.get("heldout")
+    if heldout:
+        used = ", ".join(f"{d['name']} {d['rows_used']}" for d in heldout["datasets"]) or "none"
         lines.append(
-            f"- retrieval `{item['name']}`: {item['queries']} queries over {item['documents']} held-out positives"
-            f" ({item['pairs_used']} of {item['heldout_rows']} held-out rows)"
+            f"- held-out rows (never trained on), pooled: {used}; {heldout['queries']:,} queries over"
+            f" {heldout['documents']:,} documents ({heldout['distractors']:,} of them distractors from the corpus's"
+            f" training rows); {heldout['triplets']:,} triplets with a BM25-mined negative,"
+            f" dropped {heldout['triplets_dropped'] or 'none'}"
         )
     return "\n".join(lines) + "\n"
 

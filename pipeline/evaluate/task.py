@@ -8,10 +8,19 @@ per metric), ``metrics.png`` and ``heatmap.png``, plus ``timings.json`` (wall-cl
 seconds, kept apart because they change from run to run). ``report.json`` is written
 last: its presence means the report is complete.
 
-Metric names: ``stsb/<file>/spearman_cosine``, ``nli/<name>/triplet_accuracy``,
-``retrieval/<dataset>/{mrr@10, ndcg@10, recall@1, recall@10}`` (each held-out anchor
-searches the dataset's held-out positives); :mod:`pipeline.evaluate.metrics` computes
-them with sentence-transformers' evaluators.
+Metric names: ``stsb/<file>/spearman_cosine``, ``nli/<name>/triplet_accuracy``
+(sentence-transformers' evaluators, :mod:`pipeline.evaluate.metrics`), and from the
+corpus's held-out rows (:mod:`pipeline.evaluate.heldout`):
+``heldout/retrieval/{mrr@10, ndcg@10, recall@1, recall@10}`` (every held-out anchor
+searches every held-out positive and the corpus's distractors),
+``heldout/triplet_accuracy`` (held-out rows with BM25-mined negatives) and
+``retrieval/<dataset>/...`` (a dataset's anchors against its own held-out positives).
+
+A figure resting on fewer than ``min_rows`` rows is left out of the table and the
+verdict (``left_out`` lists it with its rows); the summary names the one or two
+figures that say most (:func:`key_metrics`). The pooled held-out figures are scored
+row by row, so their delta comes with a 95% paired bootstrap interval, and a change
+whose interval holds zero is called within noise, not better or worse.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -28,7 +37,8 @@ from pipeline.corpus.files import config_hash
 from pipeline.corpus.manifest import library_versions
 from pipeline.evaluate.benchmarks import Benchmarks, load_benchmarks
 from pipeline.evaluate.config import EvalConfig
-from pipeline.evaluate.metrics import encode_texts, retrieval_scores, retrieval_task, rounded, stsb_spearman, triplet_accuracy
+from pipeline.evaluate.heldout import POOLED_RETRIEVAL, POOLED_TRIPLETS, score_heldout
+from pipeline.evaluate.metrics import encode_texts, paired_interval, rounded, stsb_spearman, triplet_accuracy
 from pipeline.train.task import TRAIN_CONFIG_NAME
 
 REPORT_NAME = "report.json"
@@ -36,8 +46,14 @@ TIMINGS_NAME = "timings.json"
 _METRIC_DIGITS = 6
 
 
-def score_model(model: Any, benchmarks: Benchmarks, config: EvalConfig) -> dict[str, float | None]:
-    """Every metric of one model on the benchmarks, as ``{metric_name: value}``."""
+def score_model(
+    model: Any, benchmarks: Benchmarks, config: EvalConfig, outcomes: dict[str, Any] | None = None
+) -> dict[str, float | None]:
+    """Every metric of one model on the benchmarks, as ``{metric_name: value}``.
+
+    ``outcomes``, when given, receives the per-row values of the figures that have them
+    (the pooled held-out ones), for :func:`pipeline.evaluate.metrics.paired_interval`.
+    """
     batch, progress = config.batch_size, config.show_progress
     metrics: dict[str, float] = {}
     for pairs in benchmarks.stsb:
@@ -49,12 +65,34 @@ def score_model(model: Any, benchmarks: Benchmarks, config: EvalConfig) -> dict[
             metrics[f"nli/{triplets.name}/triplet_accuracy"] = triplet_accuracy(
                 model, triplets.anchors, triplets.positives, triplets.negatives, batch, progress
             )
-    for pairs in benchmarks.heldout:
-        if pairs.anchors:
-            queries, docs, relevant = retrieval_task(pairs.anchors, pairs.positives)
-            scores = retrieval_scores(model, queries, docs, relevant, batch, progress)
-            metrics.update({f"retrieval/{pairs.name}/{metric}": value for metric, value in scores.items()})
+    if benchmarks.heldout is not None:
+        metrics.update(score_heldout(model, benchmarks.heldout, batch, progress, outcomes))
     return {name: rounded(value, _METRIC_DIGITS) for name, value in metrics.items()}
+
+
+def metric_rows(benchmarks: Benchmarks) -> dict[str, int]:
+    """How many rows each metric of :func:`score_model` rests on: scored pairs, triplets or queries."""
+    rows = {f"stsb/{p.name}/spearman_cosine": len(p.scores) for p in benchmarks.stsb}
+    rows |= {f"nli/{t.name}/triplet_accuracy": len(t.anchors) for t in benchmarks.nli}
+    if benchmarks.heldout is not None:
+        rows |= benchmarks.heldout.metric_rows()
+    return rows
+
+
+# The figures that say most, in order: the user's STSb, retrieval over every held-out
+# row with the corpus as distractors, the user's NLI triplets, the mined held-out triplets.
+KEY_METRIC_ORDER = ("stsb/", f"{POOLED_RETRIEVAL}/ndcg@10", "nli/", POOLED_TRIPLETS)
+KEY_METRICS = 2
+
+
+def key_metrics(names: Sequence[str]) -> list[str]:
+    """The one or two figures a summary names, from ``names`` (the figures shown), in :data:`KEY_METRIC_ORDER`."""
+    chosen: list[str] = []
+    for prefix in KEY_METRIC_ORDER:
+        match = next((n for n in names if n.startswith(prefix) and (prefix != "stsb/" or n.endswith("spearman_cosine"))), None)
+        if match is not None and match not in chosen:
+            chosen.append(match)
+    return chosen[:KEY_METRICS]
 
 
 def resolve_baseline(model_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str] | None) -> tuple[Path, str]:
@@ -101,9 +139,12 @@ def resolve_baseline(model_dir: str | os.PathLike[str], baseline_dir: str | os.P
 
 def _heatmap_texts(benchmarks: Benchmarks, n: int) -> tuple[str, list[str], list[str]]:
     """A few pairs to draw: the first held-out pairs, else NLI anchors/entailments, else STSb pairs."""
-    for pairs in benchmarks.heldout:
-        if pairs.anchors:
-            return f"held-out pairs of {pairs.name}", pairs.anchors[:n], pairs.positives[:n]
+    heldout = benchmarks.heldout
+    if heldout is not None and heldout.datasets:
+        name = heldout.datasets[0]
+        rows = [r for r, dataset in enumerate(heldout.row_dataset) if dataset == name][:n]
+        anchors = [heldout.queries[heldout.row_query[r]] for r in rows]
+        return f"held-out pairs of {name}", anchors, [heldout.documents[heldout.row_document[r]] for r in rows]
     for triplets in benchmarks.nli:
         if triplets.anchors:
             # one pair per anchor: a premise with several contradictions repeats its entailment
@@ -125,22 +166,43 @@ def _similarity_matrix(model: Any, anchors: list[str], positives: list[str], bat
 
 
 def compare_metrics(
-    model: dict[str, float | None], baseline: dict[str, float | None], tolerance: float
+    model: dict[str, float | None],
+    baseline: dict[str, float | None],
+    tolerance: float,
+    rows: dict[str, int] | None = None,
+    intervals: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows ``{name, model, baseline, delta}`` and a verdict.
+    """Rows ``{name, model, baseline, delta, rows, interval}`` and a verdict.
 
-    The verdict is ``better`` when some metric improved and none dropped by more than
-    ``tolerance``, ``worse`` when one dropped by more than ``tolerance``, else ``same``.
+    ``rows`` says how many rows each metric rests on; ``intervals`` gives, for the
+    metrics scored row by row, a 95% paired bootstrap interval of the delta. A metric
+    with an interval counts as improved or regressed only when the interval leaves out
+    zero (else it is ``within_noise``). The verdict is ``worse`` when some metric
+    regressed by more than ``tolerance``, else ``better`` when some metric improved,
+    else ``same``.
     """
-    rows = []
+    table = []
+    intervals = intervals or {}
     for name in model:
         ours, theirs = model[name], baseline.get(name)
         delta = None if ours is None or theirs is None else round(ours - theirs, _METRIC_DIGITS)
-        rows.append({"name": name, "model": ours, "baseline": theirs, "delta": delta})
-    improved = [r["name"] for r in rows if r["delta"] is not None and r["delta"] > 0]
-    regressed = [r["name"] for r in rows if r["delta"] is not None and r["delta"] < -tolerance]
+        interval = intervals.get(name)
+        table.append({
+            "name": name, "model": ours, "baseline": theirs, "delta": delta, "rows": (rows or {}).get(name),
+            "interval": None if interval is None else [round(interval[0], _METRIC_DIGITS), round(interval[1], _METRIC_DIGITS)],
+        })  # fmt: skip
+    improved, regressed, noise = [], [], []
+    for row in table:
+        if row["delta"] is None or row["delta"] == 0:
+            continue
+        if row["interval"] is not None and row["interval"][0] <= 0 <= row["interval"][1]:
+            noise.append(row["name"])
+        elif row["delta"] > 0:
+            improved.append(row["name"])
+        elif row["delta"] < -tolerance:
+            regressed.append(row["name"])
     verdict = "worse" if regressed else "better" if improved else "same"
-    return rows, {"verdict": verdict, "improved": improved, "regressed": regressed, "tolerance": tolerance}
+    return table, {"verdict": verdict, "improved": improved, "regressed": regressed, "within_noise": noise, "tolerance": tolerance}
 
 
 def _benchmark_summary(benchmarks: Benchmarks) -> dict[str, Any]:
@@ -163,17 +225,7 @@ def _benchmark_summary(benchmarks: Benchmarks) -> dict[str, Any]:
             }
             for t in benchmarks.nli
         ],
-        "retrieval": [
-            {
-                "name": h.name,
-                "path": h.path,
-                "heldout_rows": h.rows_available,
-                "pairs_used": len(h.anchors),
-                "queries": len(dict.fromkeys(h.anchors)),
-                "documents": len(dict.fromkeys(h.positives)),
-            }
-            for h in benchmarks.heldout
-        ],
+        "heldout": None if benchmarks.heldout is None else benchmarks.heldout.summary(),
     }
 
 
@@ -227,7 +279,8 @@ def evaluate_model(
     # 3. the model
     tick = time.perf_counter()
     model = load_encoder(model_path, device=config.device)
-    model_metrics = score_model(model, benchmarks, config)
+    model_outcomes: dict[str, Any] = {}
+    model_metrics = score_model(model, benchmarks, config, model_outcomes)
     model_heat = _similarity_matrix(model, heat_anchors, heat_positives, config.batch_size)
     del model
     timings["score_model"] = time.perf_counter() - tick
@@ -235,16 +288,22 @@ def evaluate_model(
     # 4. the baseline
     tick = time.perf_counter()
     if same_model:
-        baseline_metrics, baseline_heat = dict(model_metrics), model_heat
+        baseline_metrics, baseline_heat, baseline_outcomes = dict(model_metrics), model_heat, model_outcomes
     else:
         baseline = load_encoder(baseline_path, device=config.device)
-        baseline_metrics = score_model(baseline, benchmarks, config)
+        baseline_outcomes: dict[str, Any] = {}
+        baseline_metrics = score_model(baseline, benchmarks, config, baseline_outcomes)
         baseline_heat = _similarity_matrix(baseline, heat_anchors, heat_positives, config.batch_size)
         del baseline
     timings["score_baseline"] = time.perf_counter() - tick
 
-    # 5. comparison
-    rows, verdict = compare_metrics(model_metrics, baseline_metrics, config.regression_tolerance)
+    # 5. comparison, of the figures resting on at least min_rows rows
+    rows_of = metric_rows(benchmarks)
+    shown = {name: value for name, value in model_metrics.items() if rows_of.get(name, 0) >= config.min_rows}
+    intervals = {name: paired_interval(model_outcomes[name], baseline_outcomes[name]) for name in shown if name in model_outcomes}
+    rows, verdict = compare_metrics(shown, baseline_metrics, config.regression_tolerance, rows_of, intervals)
+    verdict |= {"min_rows": config.min_rows, "key_metrics": key_metrics(list(shown))}
+    left_out = [{"name": name, "rows": rows_of.get(name, 0)} for name in model_metrics if name not in shown]
     resolved_config = config.as_dict()
     report: dict[str, Any] = {
         "model": {"path": str(model_dir), "fingerprint": model_fingerprint(model_path)},
@@ -255,6 +314,7 @@ def evaluate_model(
             "same_as_model": same_model,
         },
         "metrics": rows,
+        "left_out": left_out,
         "summary": verdict,
         "benchmarks": _benchmark_summary(benchmarks),
         "heatmap": {"title": heatmap_title, "anchors": heat_anchors, "positives": heat_positives,

@@ -21,7 +21,7 @@ from pipeline.corpus.shards import ShardWriter
 from pipeline.embed.models import default_model_path
 from pipeline.evaluate.benchmarks import corpus_datasets, read_heldout_triplets, read_nli_input, read_nli_pairs, read_stsb
 from pipeline.evaluate.config import EvalConfig
-from pipeline.evaluate.metrics import retrieval_scores, retrieval_task, triplet_accuracy
+from pipeline.evaluate.metrics import triplet_accuracy
 from pipeline.evaluate.report import report_markdown
 from pipeline.evaluate.task import evaluate_model, resolve_baseline
 from tests.helpers import TEST_DATA
@@ -194,28 +194,6 @@ def _angles(prefix: str, *angles: float) -> tuple[list[str], dict[str, np.ndarra
     return names, dict(zip(names, _unit(*angles)))
 
 
-def test_retrieval_scores_known_answers() -> None:
-    # query at 10 deg ranks docs 0,1,2,3,4,5; query at 95 deg ranks 3,4,2,5,1,0;
-    # query at 170 deg ranks 5,4,3,2,1,0
-    docs, doc_vectors = _angles("d", 0, 30, 60, 90, 120, 150)
-    queries, query_vectors = _angles("q", 10, 95, 170)
-    relevant = [{0}, {2}, {3, 0}]
-    metrics = retrieval_scores(FixedEmbeddings(doc_vectors | query_vectors), queries, docs, relevant)
-    assert metrics["mrr@10"] == pytest.approx((1 + 1 / 3 + 1 / 3) / 3)
-    assert metrics["recall@1"] == pytest.approx(1 / 3)
-    assert metrics["recall@10"] == pytest.approx(1.0)
-    ndcg_third = (1 / np.log2(4) + 1 / np.log2(7)) / (1 + 1 / np.log2(3))
-    assert metrics["ndcg@10"] == pytest.approx((1 + 1 / np.log2(4) + ndcg_third) / 3)
-    with pytest.raises(ValueError, match="relevant document"):
-        retrieval_scores(FixedEmbeddings(doc_vectors | query_vectors), queries, docs, [{0}, set(), {1}])
-
-
-def test_retrieval_task_groups_anchors_and_positives() -> None:
-    queries, docs, relevant = retrieval_task(["a", "b", "a", "c"], ["x", "y", "z", "x"])
-    assert queries == ["a", "b", "c"] and docs == ["x", "y", "z"]
-    assert relevant == [{0, 2}, {1}, {0}]
-
-
 def test_triplet_accuracy_is_strict() -> None:
     _, a = _angles("a", 0)
     positives, p = _angles("p", 10, 50, 20)
@@ -313,6 +291,7 @@ def test_whole_evaluation_on_tiny_data(tmp_path: Path, tiny_model_dir: Path, bas
         nli=(str(DATA / "nli-sample.jsonl"), str(DATA / "senteval"), str(tiny_corpus / "nested" / "qa-triplets")),
         corpus=str(tiny_corpus),
         heatmap_pairs=3,
+        min_rows=1,
         show_progress=False,
     )
     out = tmp_path / "report"
@@ -324,9 +303,13 @@ def test_whole_evaluation_on_tiny_data(tmp_path: Path, tiny_model_dir: Path, bas
         "nli/nli-sample/triplet_accuracy",
         "nli/senteval.test/triplet_accuracy",
         "nli/qa-triplets/triplet_accuracy",
+        *[f"heldout/retrieval/{m}" for m in ("mrr@10", "ndcg@10", "recall@1", "recall@10")],
+        "heldout/triplet_accuracy",
         *[f"retrieval/nested/qa-triplets/{m}" for m in ("mrr@10", "ndcg@10", "recall@1", "recall@10")],
         *[f"retrieval/qa-pairs/{m}" for m in ("mrr@10", "ndcg@10", "recall@1", "recall@10")],
     ]
+    assert report["left_out"] == []
+    assert report["summary"]["key_metrics"] == ["stsb/sts-sample/spearman_cosine", "heldout/retrieval/ndcg@10"]
     for row in report["metrics"]:
         assert row["delta"] == pytest.approx(row["model"] - row["baseline"], abs=2e-6)
     by_name = {row["name"]: row for row in report["metrics"]}
@@ -335,14 +318,15 @@ def test_whole_evaluation_on_tiny_data(tmp_path: Path, tiny_model_dir: Path, bas
     assert report["summary"]["verdict"] == "worse"
     assert "retrieval/qa-pairs/mrr@10" in report["summary"]["regressed"]
     assert report["baseline"]["source"] == "--baseline"
-    assert report["benchmarks"]["retrieval"][1] == {
-        "name": "qa-pairs",
-        "path": str(tiny_corpus.resolve() / "qa-pairs"),
-        "heldout_rows": 4,
-        "pairs_used": 4,
-        "queries": 4,
-        "documents": 4,
-    }
+    heldout = report["benchmarks"]["heldout"]
+    assert heldout["datasets"] == [
+        {"name": "nested/qa-triplets", "heldout_rows": 4, "rows_used": 4},
+        {"name": "qa-pairs", "heldout_rows": 4, "rows_used": 4},
+    ]
+    # both datasets hold the same held-out pairs: 4 queries over their 4 positives and the
+    # training rows' 2 positives (their negatives are one of those and a held-out positive)
+    assert (heldout["queries"], heldout["documents"], heldout["distractors"]) == (4, 6, 2)
+    assert {row["name"]: row["rows"] for row in report["metrics"]}["heldout/triplet_accuracy"] == 8
     assert report["heatmap"]["anchors"] == [a for a, _ in PAIRS[2:5]]
     assert np.array(report["heatmap"]["model"]).shape == (3, 3)
 
@@ -364,7 +348,7 @@ def test_baseline_from_train_config(tmp_path: Path, tiny_model_dir: Path) -> Non
     for item in tiny_model_dir.iterdir():
         (trained / item.name).symlink_to(item, target_is_directory=item.is_dir())
     atomic_write_json(trained / "train_config.json", {"base_model": str(tiny_model_dir)})
-    config = EvalConfig(stsb=(str(DATA / "sts-sample.csv"),), nli=(str(DATA / "nli-sample.jsonl"),), show_progress=False)
+    config = EvalConfig(stsb=(str(DATA / "sts-sample.csv"),), nli=(str(DATA / "nli-sample.jsonl"),), min_rows=1, show_progress=False)
     report = evaluate_model(trained, None, config, tmp_path / "report")
     assert report["baseline"]["source"] == "train_config.json base_model"
     assert report["baseline"]["path"] == str(tiny_model_dir)
@@ -387,11 +371,14 @@ def test_cli_evaluate(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.Captu
     out = tmp_path / "report"
     args = parser.parse_args(
         ["evaluate", str(tiny_model_dir), "--baseline", str(tiny_model_dir), "--stsb", str(DATA / "sts-sample.csv"),
-         "--nli", str(DATA / "nli-sample.jsonl"), "--out", str(out), "--no-progress"]
+         "--nli", str(DATA / "nli-sample.jsonl"), "--out", str(out), "--no-progress", "--min-rows", "4"]
     )
     assert args.run(args) == 0
     printed = capsys.readouterr().out
     assert "stsb/sts-sample/spearman_cosine" in printed and "verdict: same" in printed
+    # the 3 NLI triplets are fewer than 4 rows: left out, and said so
+    assert "nli/nli-sample/triplet_accuracy" not in printed and "left out: 1 figure resting on fewer than 4 rows" in printed
+    assert "figures that matter: STSb sts-sample Spearman" in printed
     assert (out / "report.json").exists()
 
     empty = parser.parse_args(["evaluate", str(tiny_model_dir), "--out", str(out)])

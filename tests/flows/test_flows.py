@@ -83,7 +83,10 @@ def test_pipeline_writes_every_stage(pipeline_run: dict) -> None:
     assert summary["train"]["steps"] == 3
     assert (out / "model" / "train_config.json").is_file()
     assert (out / "eval" / "report.json").is_file()
-    assert "| metric | model | baseline | delta |" in summary["evaluation"]["markdown"]
+    assert "| metric | rows | model | baseline | delta | 95% interval of delta |" in summary["evaluation"]["markdown"]
+    # a few held-out rows of 240 lines: no figure rests on 30 rows, and the summary says so
+    assert summary["evaluation"]["key_figures"].startswith("No figure rests on 30 rows")
+    assert "Left out, resting on fewer than 30 rows: `heldout/retrieval/*`" in summary["evaluation"]["markdown"]
     assert not (corpus / ".staging").exists(), "staged files are removed once the manifests exist"
     assert json.loads((corpus / "build.json").read_text())["sources"] == SOURCES
 
