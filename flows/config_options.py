@@ -17,6 +17,9 @@ at once, documented where it is defined. A field's ``metadata`` may adjust its o
   instead of several values after one option;
 * ``metavar``: the placeholder shown in ``--help``;
 * ``zero_is_none``: an optional int where ``0`` means "no limit" (None).
+
+An optional number whose default is not None (``MiningConfig.relative_margin``) also
+takes the word ``none``, which sets it to None.
 """
 
 from __future__ import annotations
@@ -241,7 +244,20 @@ def _add_field_option(group: Any, leaf: _Leaf, path: tuple[str, ...], hint: Any,
         group.add_argument(*flags, type=_zero_is_none(kind), help=f"{shown}; 0: no limit", **common)
         return
     common.setdefault("metavar", kind.__name__.upper() if kind is not str else leaf.name.upper())
+    if optional and default is not None and kind is not str:
+        # an optional number that is on by default: the word "none" turns it off
+        common["metavar"] += "|none"
+        group.add_argument(*flags, type=_none_word(kind), help=f"{shown}; none: off", **common)
+        return
     group.add_argument(*flags, type=kind, help=shown, **common)
+
+
+def _none_word(kind: type) -> Any:
+    def convert(text: str) -> Any:
+        return None if text.strip().lower() == "none" else kind(text)
+
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def _zero_is_none(kind: type) -> Any:

@@ -25,9 +25,12 @@ class AblationConfig:
             seed spread, 3 or more to trust it).
         model: the start model of every run and the encoder of mining and curation: a
             local sentence-transformers folder; None for the packaged all-MiniLM-L6-v2.
-        max_steps: optimizer steps of every run.
+        max_steps: optimizer steps of every run (the default, 40 of 16 rows, fits the
+            6 variants x 3 seeds of the real samples in about an hour on 2 CPU cores).
         batch_size: rows per batch (each batch from one dataset).
-        learning_rate: AdamW's peak learning rate.
+        learning_rate: AdamW's peak learning rate (2e-5, ``pairforge train``'s and the
+            1B recipe's: at 5e-5 every variant lost held-out retrieval to the start
+            model on the real samples; docs/ablation.md).
         warmup_steps: linear warmup steps.
         max_seq_length: tokens per text; longer texts are cut.
         heldout_fraction: share of each dataset's rows kept apart for evaluation (the
@@ -51,10 +54,10 @@ class AblationConfig:
     variants: tuple[str, ...] = field(default=VARIANT_NAMES, metadata={"split": ",", "metavar": "NAME[,NAME...]"})
     seeds: tuple[int, ...] = field(default=(1, 2, 3), metadata={"split": ",", "metavar": "SEED[,SEED...]"})
     model: str | None = None
-    max_steps: int = 60
-    batch_size: int = 32
-    learning_rate: float = field(default=5e-5, metadata={"flag": "--lr"})
-    warmup_steps: int = 6
+    max_steps: int = 40
+    batch_size: int = 16
+    learning_rate: float = field(default=2e-5, metadata={"flag": "--lr"})
+    warmup_steps: int = 4
     max_seq_length: int = 128
     heldout_fraction: float = 0.2
     weight_policy: str = "temperature"

@@ -23,7 +23,7 @@ compared with to say what its step buys.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 CorpusKind = Literal["naive", "clean"]
 
@@ -71,8 +71,12 @@ STEP_BASE: dict[str, str] = {
     "filtered": "weighted",
 }
 
-# Mining options of each mining choice (MiningConfig fields).
-MINING_OPTIONS: dict[str, dict[str, float]] = {"naive": {}, "percpos": {"relative_margin": 0.05}}
+# Mining options of each mining choice (MiningConfig fields), both spelled out so that
+# neither follows a change of MiningConfig's defaults.
+MINING_OPTIONS: dict[str, dict[str, Any]] = {
+    "naive": {"relative_margin": None, "num_negatives": 1, "sampling_strategy": "top"},
+    "percpos": {"relative_margin": 0.05, "num_negatives": 1, "sampling_strategy": "top"},
+}
 
 
 def step_base(variant: str, variants: tuple[str, ...]) -> str | None:

@@ -3,7 +3,8 @@
 In: each variant's per-seed metrics, the start model's, the datasets and data configs
 each variant trained on. Out, in the ablation folder: ``report.json`` (deterministic:
 timings go to ``timings.json``), ``report.md`` (the table of mean ± std per variant,
-what each step buys, the verdict of the full recipe against ``naive``) and
+what each step buys, each variant against the start model, the verdict of the full
+recipe against ``naive``) and
 ``ablation.png`` (a panel per headline metric, a bar per variant with its seed spread
 as error bar, the start model as a dashed line). ``report.json`` is written last.
 """
@@ -92,6 +93,10 @@ def build_report(
         for metric in metrics:
             result = compare(summary[variant].get(metric, {}), summary[against].get(metric, {}), config.spread)
             steps.append({"variant": variant, "compared_with": against, "metric": metric} | result)
+    # The start model is one fixed model (no seed spread): a variant differs from it
+    # beyond noise when the difference exceeds `spread` times the variant's own spread.
+    start = {m: {"mean": base["metrics"].get(m), "std": 0.0} for m in metrics}
+    against_start = {v: {m: compare(summary[v].get(m, {}), start[m], config.spread) for m in metrics} for v in variants}
     resolved = config.as_dict()
     return {
         "config": resolved,
@@ -110,6 +115,7 @@ def build_report(
         "base_model": {"model": base.get("model"), "fingerprint": base.get("model_fingerprint"), "metrics": dict(base["metrics"])},
         "summary": summary,
         "steps": steps,
+        "against_start": against_start,
         "verdict": _verdict(summary, metrics, variants[-1], config.spread) if variants else {},
     }
 
@@ -146,6 +152,18 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                 f"| `{step['variant']}` | `{step['compared_with']}` | {metric_label(step['metric'])} |"
                 f" {_num(step['delta'], signed=True)} | {_num(step['threshold'])} | {mark} |"
             )
+    if report.get("against_start"):
+        lines += ["", "## Against the start model", "",
+                  "Each variant's mean minus the start model's figure; real when beyond the spread times the variant's own seed spread.", "",
+                  "| variant | " + " | ".join(metric_label(m) for m in metrics) + " |",
+                  "| --- | " + " | ".join("---:" for _ in metrics) + " |"]  # fmt: skip
+        for variant in report["variants"]:
+            cells = []
+            for m in metrics:
+                result = report["against_start"][variant["name"]][m]
+                mark = f"**{result['direction']}**" if result["real"] else result["direction"]
+                cells.append(f"{_num(result['delta'], signed=True)} {mark}")
+            lines.append(f"| `{variant['name']}` | " + " | ".join(cells) + " |")
     lines += ["", "## Training data", ""]
     for variant in report["variants"]:
         mix = ", ".join(f"{e['name']} {e['lines']} rows weight {e['weight']}" for e in variant["data_config"])

@@ -263,13 +263,19 @@ def train_variant(variant: str, seed: int, paths: AblationPaths, config: Ablatio
     """Train the variant once with ``seed`` (skipped when that run finished already).
 
     The summary's ``train_seconds`` is what the training took when it ran (kept in the
-    run's ``timing.json``), a skipped run's included.
+    run's ``timing.json``), a skipped run's included. A finished run's checkpoints are
+    removed: the model and its ``train_config.json`` are what the ablation keeps.
     """
-    from pipeline.train.task import train_model
+    import shutil
+
+    from pipeline.train.task import CHECKPOINTS_DIR, train_model
 
     corpus = paths.corpus_of(VARIANTS[variant])
     run = paths.run_dir(variant, seed)
     summary = train_model(corpus, paths.data_config(variant), run / "model", train_config(config, seed))
+    # A finished run is recorded in its train_config.json; its checkpoints (optimizer
+    # state, about three times the model) only served a resume while it trained.
+    shutil.rmtree(run / "model" / CHECKPOINTS_DIR, ignore_errors=True)
     timing = run / TIMING_NAME
     if not summary.get("skipped") or not timing.is_file():
         atomic_write_json(timing, {"config_hash": summary["config_hash"], "train_seconds": summary["seconds"] or None})

@@ -50,7 +50,7 @@ class PooledHeldout:
         datasets: the datasets whose held-out rows are pooled, in order.
         heldout_rows: held-out rows each dataset has (``rows_used`` were read).
         rows_used: held-out rows read per dataset (at most ``max_rows``).
-        row_dataset: the dataset of each held-out row read.
+        dataset_rows: each dataset's held-out rows (indices into the row lists).
         row_query: each row's query (index into ``queries``).
         row_document: each row's positive (index into ``documents``).
         queries: the distinct held-out anchors.
@@ -67,7 +67,7 @@ class PooledHeldout:
     datasets: list[str] = field(default_factory=list)
     heldout_rows: dict[str, int] = field(default_factory=dict)
     rows_used: dict[str, int] = field(default_factory=dict)
-    row_dataset: list[str] = field(default_factory=list)
+    dataset_rows: dict[str, list[int]] = field(default_factory=dict)
     row_query: list[int] = field(default_factory=list)
     row_document: list[int] = field(default_factory=list)
     queries: list[str] = field(default_factory=list)
@@ -90,7 +90,7 @@ class PooledHeldout:
             Query indices, document indices (into the pooled lists), and for each query
             the positions (in that document list) of its relevant documents.
         """
-        rows = [r for r, name in enumerate(self.row_dataset) if name == dataset]
+        rows = self.dataset_rows[dataset]
         queries = list(dict.fromkeys(self.row_query[r] for r in rows))
         documents = list(dict.fromkeys(self.row_document[r] for r in rows))
         position = {d: i for i, d in enumerate(documents)}
@@ -165,13 +165,13 @@ def load_pooled_heldout(
         pooled.datasets.append(name)
         pooled.heldout_rows[name] = pairs.rows_available
         pooled.rows_used[name] = len(pairs.anchors)
+        pooled.dataset_rows[name] = list(range(len(pooled.row_query), len(pooled.row_query) + len(pairs.anchors)))
         for anchor, positive in zip(pairs.anchors, pairs.positives):
             query = query_index.setdefault(anchor, len(query_index))
             if query == len(pooled.relevant):
                 pooled.relevant.append(set())
             document = documents.add(positive)
             pooled.relevant[query].add(document)
-            pooled.row_dataset.append(name)
             pooled.row_query.append(query)
             pooled.row_document.append(document)
     pooled.queries = list(query_index)

@@ -142,7 +142,7 @@ def _heatmap_texts(benchmarks: Benchmarks, n: int) -> tuple[str, list[str], list
     heldout = benchmarks.heldout
     if heldout is not None and heldout.datasets:
         name = heldout.datasets[0]
-        rows = [r for r, dataset in enumerate(heldout.row_dataset) if dataset == name][:n]
+        rows = heldout.dataset_rows[name][:n]
         anchors = [heldout.queries[heldout.row_query[r]] for r in rows]
         return f"held-out pairs of {name}", anchors, [heldout.documents[heldout.row_document[r]] for r in rows]
     for triplets in benchmarks.nli:

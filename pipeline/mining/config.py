@@ -30,7 +30,10 @@ class MiningConfig:
         max_score: drop candidates scoring above this.
         min_score: drop candidates scoring below this.
         absolute_margin: keep a candidate only if ``score <= positive - absolute_margin``.
-        relative_margin: keep a candidate only if ``score <= positive - |positive| * relative_margin``.
+        relative_margin: keep a candidate only if ``score <= positive - |positive| * relative_margin``;
+            the default 0.05 is NV-Retriever's TopK-PercPos (a negative scores below 95% of
+            the positive: docs/mining.md, "The default"); None (``--relative-margin none``)
+            takes the top candidates whatever their score.
         sampling_strategy: ``top`` takes the best candidates, ``random`` samples them.
         seed: seed of ``random`` sampling (and of IVF training).
         output_format: ``triplet`` gives one row per (pair, negative); ``n-tuple``
@@ -57,7 +60,7 @@ class MiningConfig:
     max_score: float | None = None
     min_score: float | None = None
     absolute_margin: float | None = None
-    relative_margin: float | None = None
+    relative_margin: float | None = 0.05
     sampling_strategy: SamplingStrategy = "top"
     seed: int = 0
     output_format: OutputFormat = "triplet"

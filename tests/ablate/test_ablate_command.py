@@ -50,9 +50,21 @@ def test_the_report_has_every_variant_with_mean_and_std_per_metric_and_its_files
             assert entry["n"] == 2 and entry["std"] is not None and len(entry["values"]) == 2
     assert {s["variant"] for s in report["steps"]} == set(VARIANT_NAMES) - {"naive"}
     assert report["verdict"]["recipe"] == "filtered" and report["verdict"]["against"] == "naive"
+    # every variant against the start model, on every headline metric
+    assert set(report["against_start"]) == set(VARIANT_NAMES)
+    for variant in VARIANT_NAMES:
+        for metric in report["metrics"]:
+            entry = report["against_start"][variant][metric]
+            expected = report["summary"][variant][metric]["mean"] - report["base_model"]["metrics"][metric]
+            assert entry["delta"] == pytest.approx(expected, abs=1e-6)
+    # a finished run keeps its model and record, not its checkpoints
+    runs = list((out / "runs").glob("*/seed-*"))
+    assert len(runs) == 2 * len(VARIANT_NAMES)
+    assert all((r / "model" / "train_config.json").is_file() and not (r / "model" / "checkpoints").exists() for r in runs)
+    assert all(json.loads((r / "timing.json").read_text())["train_seconds"] > 0 for r in runs)
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "report.md").read_text()
-    assert "| `filtered` |" in markdown and "What each step buys" in markdown
+    assert "| `filtered` |" in markdown and "What each step buys" in markdown and "Against the start model" in markdown
 
 
 def test_variants_share_their_stages(ablation):

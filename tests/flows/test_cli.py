@@ -71,6 +71,12 @@ def test_options_build_the_config_they_say() -> None:
     evaluation = config_from_args(args, EvalConfig)
     assert (evaluation.stsb, evaluation.max_heldout_rows, evaluation.show_progress) == (("a.csv", "b.csv"), None, False)
 
+    # an optional number that is on by default takes "none" to turn it off
+    assert MiningConfig().relative_margin == 0.05
+    for given, expected in (("none", None), ("None", None), ("0.1", 0.1)):
+        args = parser.parse_args(["mine", "d", "--out", "o", "--relative-margin", given])
+        assert config_from_args(args, MiningConfig).relative_margin == expected
+
 
 @pytest.mark.parametrize(
     "argv, message",
@@ -81,6 +87,7 @@ def test_options_build_the_config_they_say() -> None:
         (["config", "c", "--weight", "a=heavy"], "must be an integer"),
         (["train", "c", "--config", "d", "--out", "m", "--loss", "triplet"], "invalid choice: 'triplet'"),
         (["mine", "d"], "the following arguments are required: --out"),
+        (["mine", "d", "--out", "o", "--relative-margin", "off"], "invalid float value: 'off'"),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

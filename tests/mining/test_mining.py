@@ -117,7 +117,7 @@ def test_max_and_min_score():
 
 def test_range_min_and_range_max_are_ranks_among_survivors():
     # the positive (rank 0 of retrieval) does not use up range_min.
-    config = MiningConfig(num_negatives=2, range_min=1)
+    config = MiningConfig(num_negatives=2, range_min=1, relative_margin=None)
     sel = select([[0.95, 0.9, 0.8, 0.7, 0.6]], [[1, 2, 3, 4, 5]], config, range_max=3)
     assert sel.tids.tolist() == [[3, 4]]
     assert sel.skipped["range_min"] == 1
@@ -129,7 +129,7 @@ def test_random_sampling_stays_in_range_is_seeded_and_sorted():
     scores = [list(np.linspace(0.9, 0.1, 20))]
     picks = {}
     for seed in (0, 0, 1, 2):
-        config = MiningConfig(num_negatives=3, sampling_strategy="random", seed=seed, range_min=2)
+        config = MiningConfig(num_negatives=3, sampling_strategy="random", seed=seed, range_min=2, relative_margin=None)
         sel = select(scores, candidates, config, range_max=12)
         chosen = sel.tids[0].tolist()
         assert all(4 <= t < 14 for t in chosen)  # ranks 2..11
@@ -209,7 +209,8 @@ def test_cache_rejects_other_dimension(tmp_path):
 
 def test_mine_writes_triplets_with_accounting_and_no_heldout(pairs_dataset, tmp_path, tiny_model_dir):
     out = tmp_path / "mined"
-    config = MiningConfig(model=str(tiny_model_dir), num_negatives=1)
+    # the top candidate, no margin: the random tiny model would leave few pairs a candidate below 95% of the positive
+    config = MiningConfig(model=str(tiny_model_dir), num_negatives=1, relative_margin=None)
     manifest = mine_negatives(pairs_dataset, out, config, cache_dir=tmp_path / "cache", echo=None)
     check_accounting(manifest)
     rows = read_rows(out)
