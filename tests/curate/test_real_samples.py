@@ -54,14 +54,26 @@ def test_the_chain_on_snli_dev(corpus: Path, shared_data: Path, base_model_dir: 
     assert (deduplicated["rows_read"], deduplicated["dropped"]) == (361, {"semantic_duplicate": 22})
     assert deduplicated["semantic_dedup"]["rows_repeating_an_anchor"] == 22  # a premise with a second entailment
 
-    mined = mine_negatives(corpus / "nli-d-c-s", corpus / "nli-d-c-s-mined", MiningConfig(model=str(base_model_dir)), cache_dir=cache, echo=None)
+    # the top candidate whatever its score: the negatives rescoring has to judge
+    naive = MiningConfig(model=str(base_model_dir), relative_margin=None)
+    mined = mine_negatives(corpus / "nli-d-c-s", corpus / "nli-d-c-s-mined", naive, cache_dir=cache, echo=None)
     assert mined["rows_kept"] == 339 and mined["mining"]["margins"]["median"] == pytest.approx(0.168, abs=1e-3)
     assert mined["embedding_counts"]["encoded"] == 0  # every text was embedded by the consistency filter
 
     rescored = rescore_negatives(corpus / "nli-d-c-s-mined", corpus / "nli-r", RescoreConfig(model=str(base_model_dir)),
                                  cache_dir=cache, echo=None)  # fmt: skip
     assert rescored["dropped"] == {"likely_false_negative": 45, "near_duplicate_of_positive": 2}
-    for manifest in (clean, consistent, deduplicated, mined, rescored):
+
+    # the default, TopK-PercPos: no negative within 5% of its positive's score, so the same
+    # model's rescoring finds none to drop
+    percpos = mine_negatives(corpus / "nli-d-c-s", corpus / "nli-d-c-s-percpos", MiningConfig(model=str(base_model_dir)),
+                             cache_dir=cache, echo=None)  # fmt: skip
+    assert percpos["rows_kept"] == 339 and percpos["mining"]["margins"]["median"] == pytest.approx(0.177, abs=1e-3)
+    assert percpos["mining"]["candidates_skipped"]["relative_margin"] > 0
+    rescored_percpos = rescore_negatives(corpus / "nli-d-c-s-percpos", corpus / "nli-rp", RescoreConfig(model=str(base_model_dir)),
+                                         cache_dir=cache, echo=None)  # fmt: skip
+    assert rescored_percpos["dropped"] == {}
+    for manifest in (clean, consistent, deduplicated, mined, rescored, percpos, rescored_percpos):
         check_accounting(manifest)
 
 
