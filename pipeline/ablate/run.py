@@ -268,19 +268,28 @@ def train_variant(variant: str, seed: int, paths: AblationPaths, config: Ablatio
     """
     import shutil
 
-    from pipeline.train.task import CHECKPOINTS_DIR, train_model
+    from pipeline.train.task import CHECKPOINTS_DIR, TRAIN_CONFIG_NAME, run_config_hash, train_model
 
     corpus = paths.corpus_of(VARIANTS[variant])
     run = paths.run_dir(variant, seed)
-    summary = train_model(corpus, paths.data_config(variant), run / "model", train_config(config, seed))
+    options = train_config(config, seed)
+    checkpoints = run / "model" / CHECKPOINTS_DIR
+    marker = checkpoints / TRAIN_CONFIG_NAME
+    if marker.is_file():
+        # checkpoints of a killed run: resumed when its options are these, else (the
+        # ablation rerun with other options) this folder is the ablation's to start over
+        if json.loads(marker.read_text(encoding="utf-8")).get("config_hash") != run_config_hash(corpus, paths.data_config(variant), options):
+            shutil.rmtree(checkpoints)
+    summary = train_model(corpus, paths.data_config(variant), run / "model", options)
     # A finished run is recorded in its train_config.json; its checkpoints (optimizer
     # state, about three times the model) only served a resume while it trained.
-    shutil.rmtree(run / "model" / CHECKPOINTS_DIR, ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     timing = run / TIMING_NAME
-    if not summary.get("skipped") or not timing.is_file():
-        atomic_write_json(timing, {"config_hash": summary["config_hash"], "train_seconds": summary["seconds"] or None})
-    recorded = json.loads(timing.read_text(encoding="utf-8"))
-    return summary | {"train_seconds": recorded["train_seconds"] if recorded.get("config_hash") == summary["config_hash"] else None}
+    if not summary.get("skipped"):
+        atomic_write_json(timing, {"config_hash": summary["config_hash"], "train_seconds": summary["seconds"]})
+    recorded = json.loads(timing.read_text(encoding="utf-8")) if timing.is_file() else {}
+    seconds = recorded.get("train_seconds") if recorded.get("config_hash") == summary["config_hash"] else None
+    return summary | {"train_seconds": seconds}
 
 
 def eval_config(paths: AblationPaths, config: AblationConfig) -> Any:

@@ -111,6 +111,11 @@ def _run_fingerprint(config: TrainConfig, datasets: list[TrainingDataset]) -> di
     }
 
 
+def run_config_hash(corpus_dir: str | os.PathLike[str], data_config_path: str | os.PathLike[str], config: TrainConfig) -> str:
+    """The config hash a run of :func:`train_model` on these inputs records (finished runs and checkpoints carry it)."""
+    return config_hash(_run_fingerprint(config, training_datasets(corpus_dir, data_config_path)))
+
+
 def is_main_process() -> bool:
     """True in the only process of a plain run and in rank 0 of a torchrun launch."""
     return int(os.environ.get("RANK", "0")) == 0

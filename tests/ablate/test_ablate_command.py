@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -99,3 +100,20 @@ def test_an_unknown_variant_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["ablate", "--out", str(tmp_path / "o"), "--variants", "naive,best"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown variant(s): best" in err[0]
+
+
+def test_a_rerun_with_other_options_starts_a_stale_run_over(ablation, tmp_path):
+    out, _report, model = ablation
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    # a run killed under other options left checkpoints behind
+    stale = copy / "runs" / "weighted" / "seed-1" / "model" / "checkpoints"
+    (stale / "checkpoint-1").mkdir(parents=True)
+    (stale / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    (stale / "train_config.json").write_text(json.dumps({"config_hash": "0" * 64}))
+    code = main([*ablate_args(copy, model), "--variants", "mined-percpos,weighted", "--weight-policy", "uniform"])
+    assert code == 0
+    report = json.loads((copy / "report.json").read_text())
+    weighted = next(v for v in report["variants"] if v["name"] == "weighted")
+    assert len({e["weight"] for e in weighted["data_config"]}) == 1  # uniform
+    assert report["config"]["weight_policy"] == "uniform" and not stale.exists()
