@@ -38,9 +38,11 @@ def curation(model: Path, stsb: Path) -> dict:
 def build(out: Path, model: Path, stsb: Path, task_runner: str | None = None) -> dict:
     from flows.parent_flow import pairforge_pipeline
 
+    # the top candidate, no margin: the random tiny model leaves few anchors a candidate below 95% of the positive
+    mining = {"model": str(model), "relative_margin": None}
     return pairforge_pipeline(
-        sources=SOURCES, out_dir=str(out), mining={"model": str(model)}, curation=curation(model, stsb),
-        stop_after="config", task_runner=task_runner,
+        sources=SOURCES, out_dir=str(out), mining=mining, curation=curation(model, stsb), stop_after="config",
+        task_runner=task_runner,
     )  # fmt: skip
 
 

@@ -146,7 +146,7 @@ def test_runs_tasks_and_artifacts_are_recorded(server, deployed_run: dict) -> No
     keys = {a.key for a in artifacts}
     assert {"pairforge-ingest", "pairforge-mine", "pairforge-config", "pairforge-train", "pairforge-evaluation", "pairforge-progress"} <= keys
     evaluation = next(a for a in artifacts if a.key == "pairforge-evaluation")
-    assert "| metric | model | baseline | delta |" in evaluation.data
+    assert "| metric | rows | model | baseline | delta | 95% interval of delta |" in evaluation.data
     assert "== pairforge run summary ==" in deployed_run["stdout"]
     assert (deployed_run["out"] / "eval" / "report.json").is_file()
 
