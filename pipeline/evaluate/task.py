@@ -89,7 +89,7 @@ def key_metrics(names: Sequence[str]) -> list[str]:
     """The one or two figures a summary names, from ``names`` (the figures shown), in :data:`KEY_METRIC_ORDER`."""
     chosen: list[str] = []
     for prefix in KEY_METRIC_ORDER:
-        match = next((n for n in names if n.startswith(prefix) and (prefix != "stsb/" or n.endswith("spearman_cosine"))), None)
+        match = next((n for n in names if n.startswith(prefix)), None)
         if match is not None and match not in chosen:
             chosen.append(match)
     return chosen[:KEY_METRICS]
