@@ -26,7 +26,7 @@ class AblationConfig:
         model: the start model of every run and the encoder of mining and curation: a
             local sentence-transformers folder; None for the packaged all-MiniLM-L6-v2.
         max_steps: optimizer steps of every run (the default, 40 of 16 rows, fits the
-            6 variants x 3 seeds of the real samples in about an hour on 2 CPU cores).
+            6 variants x 3 seeds of the real samples in 45 minutes on 2 CPU cores).
         batch_size: rows per batch (each batch from one dataset).
         learning_rate: AdamW's peak learning rate (2e-5, ``pairforge train``'s and the
             1B recipe's: at 5e-5 every variant lost held-out retrieval to the start
