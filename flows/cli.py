@@ -381,9 +381,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, config: Any) -> int:
-    from pipeline.evaluate.task import evaluate_model
-
     from pipeline.evaluate.report import key_figures
+    from pipeline.evaluate.task import evaluate_model
 
     report = evaluate_model(args.model_dir, args.baseline, config, args.out)
     width = max((len(row["name"]) for row in report["metrics"]), default=6)
@@ -519,8 +518,10 @@ def _run_parameters(args: argparse.Namespace) -> dict[str, Any]:
     checked here, so that it is one line on stderr and not a failed flow run.
     """
     from flows.sources_file import absolute_path
+    from pipeline.ingest.config import IngestConfig
 
     sources = _checked_inputs(args.sources, args.model, args.stsb, args.nli)
+    IngestConfig(heldout_fraction=args.heldout_fraction)  # a fraction out of range: one line, before Prefect
     device = {"device": args.device} if args.device else {}
     model = {"model": absolute_path(args.model)} if args.model else {}
     return {

@@ -118,6 +118,7 @@ CASES = {
     "run-missing-model": (["run", "--model", "gone-model"], 2, "model folder not found: gone-model"),
     "run-bad-task-runner": (["run", "--task-runner", "spark"], 2, "unknown task runner 'spark'"),
     "run-missing-stsb": (["run", "--stsb", "gone.csv"], 2, "STSb file not found: gone.csv"),
+    "run-heldout-fraction-out-of-range": (["run", "--heldout-fraction", "1.5"], 2, "heldout_fraction must be in [0, 1), got 1.5"),
     # verify
     "verify-corpus-without-build-json": (["verify", "corpus"], 2, "corpus/build.json not found: verify needs a corpus built by `pairforge run`"),
     "verify-missing-corpus": (["verify", "gone"], 2, "corpus folder not found: gone"),
