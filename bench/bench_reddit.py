@@ -401,6 +401,7 @@ def run_floor(input_path: Path, out_dir: Path) -> int:
 def run_datasets(input_path: Path, out_dir: Path) -> int:
     """The user's path: decompress, load_dataset("json"), a dict of parents, map, to_parquet."""
     import datasets
+
     from pipeline.ingest.sources import reddit
 
     datasets.disable_progress_bars()

@@ -77,8 +77,8 @@ def pairforge_ablate(
         The report, as written to ``report.json``.
     """
     from pipeline.ablate import AblationConfig
-    from pipeline.ablate.run import AblationPaths, corpus_kinds, eval_config, write_variant_config
     from pipeline.ablate.report import report_markdown, write_ablation_report
+    from pipeline.ablate.run import AblationPaths, corpus_kinds, eval_config, write_variant_config
     from pipeline.embed.models import resolve_model_path
     from pipeline.evaluate.benchmarks import load_benchmarks
 
